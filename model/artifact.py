@@ -1,0 +1,204 @@
+"""The one place that reads and writes model artifacts.
+
+An artifact is a directory:
+
+- ``weights.safetensors``: every network tensor plus ``popularity`` (training counts per item row);
+- ``config.json``: ``format_version``, ``version``, the :class:`ModelConfig` fields and the training settings;
+- ``vocab.json``: ``{"users": [...], "items": [...]}`` raw ids in index order (index = position + 1);
+- ``metrics.json``: training history and the validation figures.
+
+Loading never unpickles (safetensors + JSON only). Saving is atomic: the
+directory is written under a temporary name beside the target and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model.data import Vocab
+from model.network import FeatureRUM, ItemRUM, ModelConfig, build
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+METRICS = "metrics.json"
+
+
+class ArtifactError(Exception):
+    """A model artifact is missing, corrupt or from an incompatible format.
+
+    Operator action: retrain with ``rum train ... --out DIR`` (or point to the
+    right directory); the message names the file and what was wrong.
+    """
+
+
+@dataclass(frozen=True)
+class Artifact:
+    config: ModelConfig
+    version: str
+    users: Vocab
+    items: Vocab
+    weights: dict[str, torch.Tensor]
+    popularity: np.ndarray  # [N+1] float64, [0] = 0
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def network(self) -> ItemRUM | FeatureRUM:
+        """The torch module with these weights (CPU, eval mode)."""
+        net = build(self.config)
+        net.load_state_dict(self.weights)
+        net.eval()
+        return net
+
+
+def weights_version(variant: str, weights: dict[str, torch.Tensor]) -> str:
+    """A content hash of the weights: the same training gives the same version string."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
+    return f"rum-{variant}-{digest.hexdigest()[:12]}"
+
+
+def save_artifact(
+    out_dir: str | Path,
+    net: ItemRUM | FeatureRUM,
+    users: Vocab,
+    items: Vocab,
+    popularity: np.ndarray,
+    settings: dict[str, Any],
+    metrics: dict[str, Any],
+) -> str:
+    """Write the artifact atomically to ``out_dir`` (replacing it); returns the version string."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    weights = {name: t.detach().cpu().contiguous() for name, t in net.state_dict().items()}
+    version = weights_version(net.config.variant, weights)
+    tensors = dict(weights)
+    tensors["popularity"] = torch.from_numpy(np.asarray(popularity, dtype=np.float64))
+    config = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        **net.config.to_dict(),
+        "training": settings,
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS))
+        _write_json(tmp / CONFIG, config)
+        _write_json(tmp / VOCAB, {"users": users.to_list(), "items": items.to_list()})
+        _write_json(tmp / METRICS, metrics)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return version
+
+
+def _write_json(path: Path, obj: object) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        msg = f"model artifact file {path} is missing; retrain with `rum train --out {path.parent}`"
+        raise ArtifactError(msg)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        msg = f"model artifact file {path} is not valid JSON ({exc}); the artifact is corrupt"
+        raise ArtifactError(msg) from exc
+
+
+def load_artifact(artifact_dir: str | Path) -> Artifact:
+    """Read and check an artifact; raises :class:`ArtifactError` naming the culprit."""
+    root = Path(artifact_dir)
+    if not root.is_dir():
+        msg = f"model artifact directory {root} does not exist; train one with `rum train --out {root}`"
+        raise ArtifactError(msg)
+    raw_config = _read_json(root / CONFIG)
+    if not isinstance(raw_config, dict):
+        msg = f"{root / CONFIG}: expected a JSON object"
+        raise ArtifactError(msg)
+    found = raw_config.get("format_version")
+    if found != FORMAT_VERSION:
+        msg = (
+            f"{root / CONFIG}: format_version {found!r} is not supported "
+            f"(this code reads {FORMAT_VERSION}); retrain the model with this version"
+        )
+        raise ArtifactError(msg)
+    try:
+        config = ModelConfig.from_dict(raw_config)
+        version = str(raw_config["version"])
+    except (TypeError, KeyError) as exc:
+        msg = f"{root / CONFIG}: incomplete model config ({exc!r})"
+        raise ArtifactError(msg) from exc
+    vocab = _read_json(root / VOCAB)
+    try:
+        users = Vocab.from_list([str(u) for u in vocab["users"]])
+        items = Vocab.from_list([str(i) for i in vocab["items"]])
+    except (TypeError, KeyError, ValueError) as exc:
+        msg = f"{root / VOCAB}: expected {{'users': [...], 'items': [...]}} of distinct ids ({exc})"
+        raise ArtifactError(msg) from exc
+    if (users.size, items.size) != (config.num_users, config.num_items):
+        msg = (
+            f"{root}: vocabularies hold {users.size} users / {items.size} items but the config "
+            f"says {config.num_users} / {config.num_items}; the artifact is inconsistent"
+        )
+        raise ArtifactError(msg)
+    weights_path = root / WEIGHTS
+    if not weights_path.is_file():
+        msg = f"model artifact file {weights_path} is missing; the artifact is incomplete"
+        raise ArtifactError(msg)
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        msg = f"{weights_path}: cannot read safetensors ({exc}); the artifact is corrupt"
+        raise ArtifactError(msg) from exc
+    popularity = tensors.pop("popularity", None)
+    if popularity is None or popularity.shape != (config.num_items + 1,):
+        msg = f"{weights_path}: missing or mis-shaped 'popularity' tensor"
+        raise ArtifactError(msg)
+    expected = {name: t.shape for name, t in build(config).state_dict().items()}
+    got = {name: t.shape for name, t in tensors.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))
+        wrong = sorted(n for n in set(expected) & set(got) if expected[n] != got[n])
+        msg = (
+            f"{weights_path}: weights do not match the config (missing {missing}, "
+            f"wrong shape {wrong}, unexpected {sorted(set(got) - set(expected))})"
+        )
+        raise ArtifactError(msg)
+    metrics_path = root / METRICS
+    metrics = _read_json(metrics_path) if metrics_path.exists() else {}
+    return Artifact(
+        config=config,
+        version=version,
+        users=users,
+        items=items,
+        weights=tensors,
+        popularity=popularity.numpy(),
+        settings=dict(raw_config.get("training", {})),
+        metrics=metrics,
+    )

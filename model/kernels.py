@@ -1,0 +1,140 @@
+"""The RUM equations as pure tensor functions, shared by training, evaluation and serving.
+
+Every function here is one line of MODEL.md; nothing holds state. Training
+calls them with gradients, the evaluator and :mod:`model.serving` call them
+under ``torch.no_grad``, so the same history gives the same score everywhere.
+
+Shapes: B users (or training steps), C candidate items, N items (the full
+catalogue including the padding row 0), K memory slots, D embedding size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis restricted to ``mask``; rows with no True give all zeros.
+
+    Masked entries take no weight at all (not a tiny one), so an empty slot of
+    the item-level memory never contributes to READ.
+    """
+    neg_inf = torch.finfo(logits.dtype).min
+    filled = logits.masked_fill(~mask, neg_inf)
+    top = filled.max(dim=-1, keepdim=True).values  # [..., 1]
+    exp = torch.exp(filled - top) * mask  # [..., K]
+    total = exp.sum(dim=-1, keepdim=True)  # [..., 1]
+    return exp / total.clamp_min(torch.finfo(logits.dtype).tiny)
+
+
+# --- item-level -----------------------------------------------------------------
+
+
+def item_attention(
+    cand_q: torch.Tensor, mem_q: torch.Tensor, mem_mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """w_k = q_iᵀ m_k and z_k = softmax over occupied slots of β w_k.
+
+    cand_q [B, C, D], mem_q [B, K, D], mem_mask [B, K] -> (w [B, C, K], z [B, C, K]).
+    """
+    w = torch.einsum("bcd,bkd->bck", cand_q, mem_q)  # [B, C, K]
+    z = masked_softmax(beta * w, mem_mask[:, None, :].expand_as(w))  # [B, C, K]
+    return w, z
+
+
+def item_read(
+    cand_q: torch.Tensor, mem_q: torch.Tensor, mem_mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """p^m = Σ_k z_k m_k (a sum, not a mean), per candidate: [B, C, D]."""
+    _, z = item_attention(cand_q, mem_q, mem_mask, beta)
+    return torch.einsum("bck,bkd->bcd", z, mem_q)  # [B, C, D]
+
+
+def item_logits(
+    p: torch.Tensor,
+    cand_q: torch.Tensor,
+    mem_q: torch.Tensor,
+    mem_mask: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """Logit (p*_u + α p^m(i))ᵀ q_i for candidates: p [B, D], cand_q [B, C, D] -> [B, C].
+
+    Uses (Σ_k z_k m_k)ᵀ q_i = Σ_k z_k w_k, so the read vector is never materialised.
+    """
+    w, z = item_attention(cand_q, mem_q, mem_mask, beta)  # [B, C, K] each
+    intrinsic = torch.einsum("bd,bcd->bc", p, cand_q)  # [B, C]
+    return intrinsic + alpha * (z * w).sum(dim=-1)
+
+
+def item_logits_all(
+    p: torch.Tensor,
+    q_all: torch.Tensor,
+    mem_q: torch.Tensor,
+    mem_mask: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """Logits of every item for B users: p [B, D], q_all [N, D], mem_q [B, K, D] -> [B, N]."""
+    w = torch.einsum("nd,bkd->bnk", q_all, mem_q)  # [B, N, K]
+    z = masked_softmax(beta * w, mem_mask[:, None, :].expand_as(w))  # [B, N, K]
+    return p @ q_all.T + alpha * (z * w).sum(dim=-1)  # [B, N]
+
+
+# --- feature-level --------------------------------------------------------------
+
+
+def feature_attention(q: torch.Tensor, features: torch.Tensor, beta: float) -> torch.Tensor:
+    """z_ik = softmax over the K features of β q_iᵀ f_k: q [..., D], features [K, D] -> [..., K]."""
+    return torch.softmax(beta * (q @ features.T), dim=-1)
+
+
+def feature_read(z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """p^m = Σ_k z_ik m_k: z [B, C, K], memory [B, K, D] -> [B, C, D]."""
+    return torch.einsum("bck,bkd->bcd", z, memory)
+
+
+def erase_add(
+    q: torch.Tensor,
+    erase_w: torch.Tensor,
+    erase_b: torch.Tensor,
+    add_w: torch.Tensor,
+    add_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """e = σ(E q + b_e), a = tanh(A q + b_a): q [..., D] -> ([..., D], [..., D])."""
+    erase = torch.sigmoid(q @ erase_w.T + erase_b)
+    add = torch.tanh(q @ add_w.T + add_b)
+    return erase, add
+
+
+def feature_write(
+    memory: torch.Tensor, z_j: torch.Tensor, erase: torch.Tensor, add: torch.Tensor
+) -> torch.Tensor:
+    """WRITE of item j: m_k ← m_k ⊙ (1 − z_jk e), then m_k ← m_k + z_jk a.
+
+    memory [B, K, D], z_j [B, K], erase [B, D], add [B, D] -> new memory [B, K, D].
+    """
+    gate = z_j[:, :, None]  # [B, K, 1]
+    return memory * (1.0 - gate * erase[:, None, :]) + gate * add[:, None, :]
+
+
+def feature_logits(
+    p: torch.Tensor, cand_q: torch.Tensor, cand_z: torch.Tensor, memory: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Logit for candidates: p [B, D], cand_q [B, C, D], cand_z [B, C, K], memory [B, K, D] -> [B, C]."""
+    user = p[:, None, :] + alpha * feature_read(cand_z, memory)  # [B, C, D]
+    return (user * cand_q).sum(dim=-1)
+
+
+def feature_logits_all(
+    p: torch.Tensor, q_all: torch.Tensor, z_all: torch.Tensor, memory: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Logits of every item: p [B, D], q_all [N, D], z_all [N, K], memory [B, K, D] -> [B, N].
+
+    s_bn = p_b·q_n + α Σ_k z_nk (m_bk·q_n): one [B·K, D] x [D, N] product, then a
+    weighted sum over K; about 2·N·K·D flops per user.
+    """
+    batch, slots, dim = memory.shape
+    g = (memory.reshape(batch * slots, dim) @ q_all.T).reshape(batch, slots, -1)  # [B, K, N]
+    read = torch.einsum("bkn,nk->bn", g, z_all)  # [B, N]
+    return p @ q_all.T + alpha * read

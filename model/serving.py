@@ -1,0 +1,403 @@
+"""The interface the stream uses: load a model, write events into memories, score users.
+
+Memories are immutable values owned by the caller (the stream keeps one per
+user in its table and assigns the new value back after every event):
+
+- item-level: ``tuple[str, ...]``, the raw ids of the last K *known* items,
+  oldest first. Unknown items are never stored.
+- feature-level: :class:`FeatureMemory`, a frozen dataclass holding the
+  ``[K, D]`` float32 slots (read-only array) and ``writes``, the number of
+  known items written since M_0. This deviates from a bare ``ndarray`` so that
+  :meth:`Scorer.is_empty` is exact: a feature memory is empty when
+  ``writes == 0``, whatever its values.
+
+Scores are σ(p_u(i)ᵀ q_i) computed by :mod:`model.kernels`, the same functions
+training uses, so the same history gives the same score as at training time.
+Nothing here mutates its inputs; the caller owns threads and devices (all
+tensors live on the CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from model import kernels
+from model.data import PAD, Vocab
+from model.network import FeatureRUM, ItemRUM, ModelConfig
+
+
+@dataclass(frozen=True)
+class FeatureMemory:
+    """A feature-level user memory: ``slots`` [K, D] float32 (read-only) and the write count."""
+
+    slots: np.ndarray
+    writes: int
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureMemory):
+            return NotImplemented
+        return self.writes == other.writes and np.array_equal(self.slots, other.slots)
+
+    def __hash__(self) -> int:
+        return hash((self.writes, self.slots.tobytes()))
+
+
+Memory = tuple[str, ...] | FeatureMemory
+
+
+@dataclass(frozen=True)
+class Reason:
+    item_id: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    because: tuple[Reason, ...]
+
+
+FEATURE_REASONS = 3  # slots shown per feature-level recommendation
+_HEADER = struct.Struct("<4sIHH")  # magic, writes, K, D
+_MAGIC = b"RUMf"
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+class Scorer:
+    """A loaded model version. Build it with :meth:`load` (artifact) or :meth:`from_network`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        version: str,
+        users: Vocab,
+        items: Vocab,
+        weights: dict[str, torch.Tensor],
+        popularity: np.ndarray,
+    ) -> None:
+        self.config = config
+        self.version = version
+        self.variant: Literal["item", "feature"] = config.variant
+        self.slots = config.slots
+        self.dim = config.dim
+        self.num_items = items.size
+        self.users = users
+        self.items = items
+        self._q = weights["item_emb.weight"].detach().float().cpu().contiguous()  # [N+1, D]
+        self._p = weights["user_emb.weight"].detach().float().cpu().contiguous()  # [U+1, D]
+        self._popularity = np.asarray(popularity, dtype=np.float64)  # [N+1], [0] = 0
+        self._pop_order = np.argsort(-self._popularity[1:], kind="stable") + 1  # [N]
+        self._pop_total = max(float(self._popularity.sum()), 1.0)
+        if self.variant == "feature":
+            features = weights["features"].detach().float().cpu()
+            with torch.no_grad():
+                self._z = kernels.feature_attention(self._q, features, config.beta)  # [N+1, K]
+                erase, add = kernels.erase_add(
+                    self._q,
+                    weights["erase.weight"].float().cpu(),
+                    weights["erase.bias"].float().cpu(),
+                    weights["add.weight"].float().cpu(),
+                    weights["add.bias"].float().cpu(),
+                )
+            # Per-item write terms, precomputed once per version: a WRITE is then two
+            # elementwise ops on [K, D].
+            self._z_np = self._z.numpy()  # [N+1, K]
+            self._erase_np = erase.numpy()  # [N+1, D]
+            self._add_np = add.numpy()  # [N+1, D]
+            self._memory0 = _frozen(weights["memory0"].detach().float().cpu().numpy().copy())
+            self._z_mean = self._z[1:].mean(dim=0)  # [K] for two-stage retrieval
+
+    # --- construction ---------------------------------------------------------------
+
+    @classmethod
+    def load(cls, artifact_dir: str | Path) -> Scorer:
+        """Load an artifact directory; raises ``ArtifactError`` saying what is wrong."""
+        from model.artifact import load_artifact
+
+        art = load_artifact(artifact_dir)
+        return cls(art.config, art.version, art.users, art.items, art.weights, art.popularity)
+
+    @classmethod
+    def from_network(
+        cls,
+        net: ItemRUM | FeatureRUM,
+        users: Vocab,
+        items: Vocab,
+        popularity: np.ndarray,
+        version: str = "in-memory",
+    ) -> Scorer:
+        weights = {name: t.detach().cpu() for name, t in net.state_dict().items()}
+        return cls(net.config, version, users, items, weights, popularity)
+
+    # --- memories -------------------------------------------------------------------
+
+    def knows_item(self, item_id: str) -> bool:
+        return item_id in self.items
+
+    def knows_user(self, user_id: str) -> bool:
+        return user_id in self.users
+
+    def empty_memory(self) -> Memory:
+        if self.variant == "item":
+            return ()
+        return FeatureMemory(self._memory0, 0)
+
+    def write_one(self, memory: Memory, item_id: str) -> Memory:
+        """The memory after the purchase of ``item_id``; unknown items leave it unchanged."""
+        index = self.items.index(item_id)
+        if index == PAD:
+            return memory
+        if isinstance(memory, tuple):
+            return (*memory, item_id)[-self.slots :]
+        z = self._z_np[index][:, None]  # [K, 1]
+        slots = memory.slots * (1.0 - z * self._erase_np[index]) + z * self._add_np[index]  # [K, D]
+        return FeatureMemory(_frozen(slots.astype(np.float32, copy=False)), memory.writes + 1)
+
+    def memory_from_history(self, item_ids: Sequence[str]) -> Memory:
+        memory = self.empty_memory()
+        if self.variant == "item":
+            known = [i for i in item_ids if i in self.items]
+            return tuple(known[-self.slots :]) if known else ()
+        for item_id in item_ids:
+            memory = self.write_one(memory, item_id)
+        return memory
+
+    def is_empty(self, memory: Memory) -> bool:
+        """Item-level: no item stored. Feature-level: no known item was ever written."""
+        if isinstance(memory, tuple):
+            return len(memory) == 0
+        return memory.writes == 0
+
+    def encode_memory(self, memory: Memory) -> bytes | list[str]:
+        """Item-level: the list of raw ids; feature-level: header + float32 slots (msgpack-friendly)."""
+        if isinstance(memory, tuple):
+            return list(memory)
+        header = _HEADER.pack(_MAGIC, memory.writes, self.slots, self.dim)
+        return header + np.ascontiguousarray(memory.slots, dtype="<f4").tobytes()
+
+    def decode_memory(self, raw: bytes | list[str]) -> Memory:
+        """Inverse of :meth:`encode_memory`; ``ValueError`` if ``raw`` does not fit this model."""
+        if self.variant == "item":
+            if not isinstance(raw, list | tuple) or not all(isinstance(x, str) for x in raw):
+                msg = f"item-level memory must be a list of item ids, got {type(raw).__name__}"
+                raise ValueError(msg)
+            if len(raw) > self.slots:
+                msg = f"item-level memory holds {len(raw)} items, this model has {self.slots} slots"
+                raise ValueError(msg)
+            return tuple(raw)
+        if not isinstance(raw, bytes | bytearray):
+            msg = f"feature-level memory must be bytes, got {type(raw).__name__}"
+            raise ValueError(msg)
+        expected = _HEADER.size + 4 * self.slots * self.dim
+        if len(raw) != expected:
+            msg = (
+                f"feature-level memory has {len(raw)} bytes, expected {expected} "
+                f"(K={self.slots}, D={self.dim}); was it written by another model shape?"
+            )
+            raise ValueError(msg)
+        magic, writes, k, d = _HEADER.unpack_from(raw)
+        if magic != _MAGIC or (k, d) != (self.slots, self.dim):
+            msg = f"feature-level memory header {magic!r} K={k} D={d} does not match this model"
+            raise ValueError(msg)
+        slots = np.frombuffer(bytes(raw), dtype="<f4", offset=_HEADER.size).reshape(k, d)
+        return FeatureMemory(_frozen(slots.astype(np.float32)), int(writes))
+
+    # --- scoring --------------------------------------------------------------------
+
+    def _user_vectors(self, user_ids: Sequence[str]) -> torch.Tensor:
+        index = torch.from_numpy(self.users.indices(list(user_ids)))  # [B], 0 = unknown
+        return self._p[index]  # [B, D]; row 0 is zero: unknown user -> p*_u = 0
+
+    def _item_window(self, memories: Sequence[Memory]) -> torch.Tensor:
+        """Item-level memories -> indices [B, K], 0 in empty slots."""
+        window = np.zeros((len(memories), self.slots), dtype=np.int64)
+        for row, memory in enumerate(memories):
+            assert isinstance(memory, tuple), "item-level model needs tuple memories"
+            known = self.items.indices(memory[-self.slots :])
+            window[row, : len(known)] = known
+        return torch.from_numpy(window)
+
+    def _feature_slots(self, memories: Sequence[Memory]) -> torch.Tensor:
+        """Feature-level memories -> [B, K, D]."""
+        arrays = []
+        for memory in memories:
+            assert isinstance(memory, FeatureMemory), "feature-level model needs FeatureMemory"
+            arrays.append(memory.slots)
+        return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, self.slots, self.dim)
+
+    def logits_many(self, user_ids: Sequence[str], memories: Sequence[Memory]) -> torch.Tensor:
+        """Exact logits of every item row for B users: [B, N+1]; column 0 (padding) is -inf."""
+        cfg = self.config
+        with torch.no_grad():
+            p = self._user_vectors(user_ids)  # [B, D]
+            if self.variant == "item":
+                window = self._item_window(memories)  # [B, K]
+                logits = kernels.item_logits_all(
+                    p, self._q, self._q[window], window > 0, cfg.alpha, cfg.beta
+                )
+            else:
+                slots = self._feature_slots(memories)  # [B, K, D]
+                logits = kernels.feature_logits_all(p, self._q, self._z, slots, cfg.alpha)
+            logits[:, PAD] = -math.inf
+        return logits
+
+    def _candidate_logits(
+        self, user_ids: Sequence[str], memories: Sequence[Memory], cands: torch.Tensor
+    ) -> torch.Tensor:
+        """Exact logits of candidate rows cands [B, C] -> [B, C]."""
+        cfg = self.config
+        p = self._user_vectors(user_ids)  # [B, D]
+        cand_q = self._q[cands]  # [B, C, D]
+        if self.variant == "item":
+            window = self._item_window(memories)
+            return kernels.item_logits(p, cand_q, self._q[window], window > 0, cfg.alpha, cfg.beta)
+        slots = self._feature_slots(memories)
+        return kernels.feature_logits(p, cand_q, self._z[cands], slots, cfg.alpha)
+
+    def _retrieval_queries(self, user_ids: Sequence[str], memories: Sequence[Memory]) -> torch.Tensor:
+        """One vector per user whose inner product with q_i approximates the exact logit: [B, D]."""
+        p = self._user_vectors(user_ids)
+        if self.variant == "item":
+            window = self._item_window(memories)  # [B, K]
+            occupied = (window > 0).float()  # [B, K]
+            summed = (self._q[window] * occupied[:, :, None]).sum(dim=1)  # [B, D]
+            mean = summed / occupied.sum(dim=1, keepdim=True).clamp_min(1.0)
+            return p + self.config.alpha * mean
+        slots = self._feature_slots(memories)  # [B, K, D]
+        return p + self.config.alpha * torch.einsum("k,bkd->bd", self._z_mean, slots)
+
+    def _exclusion(self, exclude: Sequence[Collection[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows: list[int] = []
+        cols: list[int] = []
+        for row, items in enumerate(exclude):
+            for item_id in items:
+                index = self.items.index(item_id)
+                if index != PAD:
+                    rows.append(row)
+                    cols.append(index)
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+    def score_many(
+        self,
+        user_ids: Sequence[str],
+        memories: Sequence[Memory],
+        exclude: Sequence[Collection[str]],
+        k: int,
+        mode: Literal["exact", "two-stage"] = "exact",
+        candidates: int = 200,
+    ) -> list[list[Recommendation]]:
+        """Top-k recommendations for each user, never an item of ``exclude[u]``.
+
+        An unknown user gets p*_u = 0; an unknown user with an empty memory gets
+        the most popular items (``because`` empty).
+        """
+        batch = len(user_ids)
+        if not (len(memories) == len(exclude) == batch):
+            msg = (
+                f"score_many needs one memory and one exclude set per user: got {batch} users, "
+                f"{len(memories)} memories, {len(exclude)} exclude sets"
+            )
+            raise ValueError(msg)
+        if batch == 0:
+            return []
+        rows, cols = self._exclusion(exclude)
+        with torch.no_grad():
+            if mode == "exact" or candidates >= self.num_items:
+                logits = self.logits_many(user_ids, memories)  # [B, N+1]
+                logits[rows, cols] = -math.inf
+                top_logits, top_index = torch.topk(logits, min(k, self.num_items), dim=1)
+            elif mode == "two-stage":
+                queries = self._retrieval_queries(user_ids, memories)  # [B, D]
+                coarse = queries @ self._q.T  # [B, N+1]
+                coarse[:, PAD] = -math.inf
+                coarse[rows, cols] = -math.inf
+                _, cands = torch.topk(coarse, min(candidates, self.num_items), dim=1)  # [B, C]
+                exact = self._candidate_logits(user_ids, memories, cands)  # [B, C]
+                exact = exact.masked_fill(torch.isinf(coarse.gather(1, cands)), -math.inf)
+                top_logits, pos = torch.topk(exact, min(k, cands.shape[1]), dim=1)
+                top_index = cands.gather(1, pos)
+            else:
+                msg = f"unknown scoring mode {mode!r}; expected 'exact' or 'two-stage'"
+                raise ValueError(msg)
+            reasons = self._reasons(memories, top_index)
+        out: list[list[Recommendation]] = []
+        for b in range(batch):
+            if self.is_empty(memories[b]) and not self.knows_user(user_ids[b]):
+                out.append(self.popular(k, exclude[b]))
+                continue
+            recs = []
+            for j in range(top_index.shape[1]):
+                logit = float(top_logits[b, j])
+                if logit == -math.inf:
+                    break
+                item = self.items.raw(int(top_index[b, j]))
+                recs.append(Recommendation(item, _sigmoid(logit), reasons[b][j]))
+            out.append(recs)
+        return out
+
+    def _reasons(
+        self, memories: Sequence[Memory], top_index: torch.Tensor
+    ) -> list[list[tuple[Reason, ...]]]:
+        """Explanations for recommended rows top_index [B, k]."""
+        batch, k = top_index.shape
+        if self.variant == "feature":
+            z = self._z[top_index]  # [B, k, K]
+            weights, slots = torch.topk(z, min(FEATURE_REASONS, self.slots), dim=-1)
+            return [
+                [
+                    tuple(
+                        Reason(f"slot:{int(s)}", float(w))
+                        for w, s in zip(weights[b, j], slots[b, j], strict=True)
+                    )
+                    for j in range(k)
+                ]
+                for b in range(batch)
+            ]
+        window = self._item_window(memories)  # [B, K]
+        _, z = kernels.item_attention(
+            self._q[top_index], self._q[window], window > 0, self.config.beta
+        )  # [B, k, K]
+        out: list[list[tuple[Reason, ...]]] = []
+        for b, memory in enumerate(memories):
+            assert isinstance(memory, tuple)
+            stored = list(memory[-self.slots :])
+            per_item = []
+            for j in range(k):
+                pairs = [(stored[s], float(z[b, j, s])) for s in range(len(stored))]
+                pairs.sort(key=lambda pair: -pair[1])
+                per_item.append(tuple(Reason(i, w) for i, w in pairs))
+            out.append(per_item)
+        return out
+
+    def popular(self, k: int, exclude: Collection[str]) -> list[Recommendation]:
+        """The k most frequent training items not in ``exclude``; score = share of events."""
+        excluded = {self.items.index(i) for i in exclude}
+        out: list[Recommendation] = []
+        for index in self._pop_order:
+            if int(index) in excluded:
+                continue
+            share = float(self._popularity[index] / self._pop_total)
+            out.append(Recommendation(self.items.raw(int(index)), share, ()))
+            if len(out) == k:
+                break
+        return out
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
