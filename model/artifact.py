@@ -2,9 +2,12 @@
 
 An artifact is a directory:
 
-- ``weights.safetensors``: every network tensor plus ``popularity`` (training counts per item row);
-- ``config.json``: ``format_version``, ``version``, the :class:`ModelConfig` fields and the training settings;
-- ``vocab.json``: ``{"users": [...], "items": [...]}`` raw ids in index order (index = position + 1);
+- ``weights.safetensors``: every network tensor plus ``popularity`` (training counts
+  per item row);
+- ``config.json``: ``format_version``, ``version``, the :class:`ModelConfig` fields
+  and the training settings;
+- ``vocab.json``: ``{"users": [...], "items": [...]}`` raw ids in index order
+  (index = position + 1);
 - ``metrics.json``: training history and the validation figures.
 
 Loading never unpickles (safetensors + JSON only). Saving is atomic: the
@@ -135,7 +138,10 @@ def load_artifact(artifact_dir: str | Path) -> Artifact:
     """Read and check an artifact; raises :class:`ArtifactError` naming the culprit."""
     root = Path(artifact_dir)
     if not root.is_dir():
-        msg = f"model artifact directory {root} does not exist; train one with `rum train --out {root}`"
+        msg = (
+            f"model artifact directory {root} does not exist; "
+            f"train one with `rum train --out {root}`"
+        )
         raise ArtifactError(msg)
     raw_config = _read_json(root / CONFIG)
     if not isinstance(raw_config, dict):

@@ -38,7 +38,8 @@ def _columns(raw: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not all(parts):
         msg = f"--columns needs three comma-separated names (user,item,timestamp), got {raw!r}"
         raise argparse.ArgumentTypeError(msg)
-    return cast(tuple[str, str, str], parts)
+    user, item, time = parts
+    return user, item, time
 
 
 def _ks(raw: str) -> tuple[int, ...]:
@@ -63,27 +64,56 @@ def _setup_torch(threads: int, seed: int | None = None) -> str:
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rum train", description="Train a RUM model.")
     add_option(parser, "--data", required=True, help="event log (CSV, TSV or JSON Lines)")
-    add_option(parser, "--variant", choices=["item", "feature"], default="feature", help="RUM variant")
+    add_option(
+        parser, "--variant", choices=["item", "feature"], default="feature", help="RUM variant"
+    )
     add_option(parser, "--out", required=True, help="artifact directory to write")
-    add_option(parser, "--protocol", choices=list(PROTOCOLS), default="loo",
-               help="fit only this protocol's training part, select on its validation part")
-    add_flag(parser, "--all", help="train on every event (deployment); fixed --epochs, no selection")
-    add_option(parser, "--columns", type=_columns, default=",".join(DEFAULT_COLUMNS),
-               help="user,item,timestamp column names")
+    add_option(
+        parser,
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="loo",
+        help="fit only this protocol's training part, select on its validation part",
+    )
+    add_flag(
+        parser, "--all", help="train on every event (deployment); fixed --epochs, no selection"
+    )
+    add_option(
+        parser,
+        "--columns",
+        type=_columns,
+        default=",".join(DEFAULT_COLUMNS),
+        help="user,item,timestamp column names",
+    )
     add_option(parser, "--epochs", type=int, default=30, help="maximum epochs")
     add_option(parser, "--dim", type=int, default=64, help="embedding size D")
-    add_option(parser, "--slots", type=int, default=None,
-               help="memory slots K (default 5 item-level, 20 feature-level)")
+    add_option(
+        parser,
+        "--slots",
+        type=int,
+        default=None,
+        help="memory slots K (default 5 item-level, 20 feature-level)",
+    )
     add_option(parser, "--alpha", type=float, default=0.2, help="memory weight α in MERGE")
     add_option(parser, "--beta", type=float, default=1.0, help="attention strength β")
     add_option(parser, "--negatives", type=int, default=1, help="sampled negatives per positive")
     add_option(parser, "--lr", type=float, default=1e-3, help="Adam learning rate")
     add_option(parser, "--l2", type=float, default=0.0, help="L2 weight λ")
-    add_option(parser, "--batch-size", type=int, default=256,
-               help="samples (item-level) or users (feature-level) per batch")
+    add_option(
+        parser,
+        "--batch-size",
+        type=int,
+        default=256,
+        help="samples (item-level) or users (feature-level) per batch",
+    )
     add_option(parser, "--max-len", type=int, default=50, help="BPTT length L (feature-level)")
-    add_option(parser, "--patience", type=int, default=3,
-               help="epochs without validation NDCG@10 gain before stopping")
+    add_option(
+        parser,
+        "--patience",
+        type=int,
+        default=3,
+        help="epochs without validation NDCG@10 gain before stopping",
+    )
     add_option(parser, "--init-std", type=float, default=0.1, help="std of the initial weights")
     add_option(parser, "--seed", type=int, default=0, help="random seed")
     add_option(parser, "--threads", type=int, default=2, help="torch CPU threads")
@@ -161,30 +191,63 @@ def train_main(argv: list[str]) -> int:
         args.out, result.net, result.users, result.items, result.popularity, settings, train_metrics
     )
     print(
-        json.dumps({"version": version, "out": args.out, "best_epoch": result.best_epoch,
-                    **{f"valid_{k}": v for k, v in result.best_valid.items()},
-                    "seconds_per_epoch": train_metrics["seconds_per_epoch"]})
+        json.dumps(
+            {
+                "version": version,
+                "out": args.out,
+                "best_epoch": result.best_epoch,
+                **{f"valid_{k}": v for k, v in result.best_valid.items()},
+                "seconds_per_epoch": train_metrics["seconds_per_epoch"],
+            }
+        )
     )
     return 0
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rum evaluate", description="Evaluate a RUM model.")
-    add_option(parser, "--model", default=None, help="artifact directory (not needed for --baseline pop)")
+    add_option(
+        parser, "--model", default=None, help="artifact directory (not needed for --baseline pop)"
+    )
     add_option(parser, "--data", required=True, help="event log (CSV, TSV or JSON Lines)")
-    add_option(parser, "--protocol", choices=list(PROTOCOLS), default="loo", help="evaluation protocol")
-    add_option(parser, "--columns", type=_columns, default=",".join(DEFAULT_COLUMNS),
-               help="user,item,timestamp column names")
+    add_option(
+        parser, "--protocol", choices=list(PROTOCOLS), default="loo", help="evaluation protocol"
+    )
+    add_option(
+        parser,
+        "--columns",
+        type=_columns,
+        default=",".join(DEFAULT_COLUMNS),
+        help="user,item,timestamp column names",
+    )
     add_option(parser, "--k", type=_ks, default="5,10,20", help="cut-offs for HR/NDCG/MRR")
-    add_option(parser, "--baseline", choices=["pop", "alpha0"], default=None,
-               help="pop: most-popular; alpha0: --model must be trained with --alpha 0")
-    add_option(parser, "--scoring", choices=["exact", "two-stage"], default="exact",
-               help="scoring mode for the prequential replay")
+    add_option(
+        parser,
+        "--baseline",
+        choices=["pop", "alpha0"],
+        default=None,
+        help="pop: most-popular; alpha0: --model must be trained with --alpha 0",
+    )
+    add_option(
+        parser,
+        "--scoring",
+        choices=["exact", "two-stage"],
+        default="exact",
+        help="scoring mode for the prequential replay",
+    )
     add_option(parser, "--report", default=None, help="write a Markdown report with plots here")
-    add_option(parser, "--alphas", default="0,0.1,0.2,0.3,0.5,1.0",
-               help="α values for the report's scoring-time α sweep")
-    add_option(parser, "--sweep-models", default="",
-               help="comma-separated artifacts trained with different --alpha, for the report")
+    add_option(
+        parser,
+        "--alphas",
+        default="0,0.1,0.2,0.3,0.5,1.0",
+        help="α values for the report's scoring-time α sweep",
+    )
+    add_option(
+        parser,
+        "--sweep-models",
+        default="",
+        help="comma-separated artifacts trained with different --alpha, for the report",
+    )
     add_option(parser, "--threads", type=int, default=2, help="torch CPU threads")
     add_flag(parser, "--json", help="print one flat JSON object of metrics")
     return parser

@@ -119,13 +119,13 @@ def _parse_timestamps(values: list[str], source: str) -> np.ndarray:
 
 
 def from_rows(
-    users: Sequence[str], items: Sequence[str], times: Sequence[str] | np.ndarray, source: str = ""
+    users: Sequence[str] | np.ndarray,
+    items: Sequence[str] | np.ndarray,
+    times: Sequence[str] | np.ndarray,
+    source: str = "",
 ) -> EventLog:
     """Build an :class:`EventLog` from file-order rows, sorting stably by time."""
-    if isinstance(times, np.ndarray):
-        timestamps = times
-    else:
-        timestamps = _parse_timestamps(list(times), source)
+    timestamps = times if isinstance(times, np.ndarray) else _parse_timestamps(list(times), source)
     order = np.argsort(timestamps, kind="stable")  # ties keep file order
     user_arr = np.asarray(users, dtype=object)[order]
     item_arr = np.asarray(items, dtype=object)[order]

@@ -10,6 +10,8 @@ catalogue including the padding row 0), K memory slots, D embedding size.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -75,10 +77,19 @@ def item_logits_all(
     alpha: float,
     beta: float,
 ) -> torch.Tensor:
-    """Logits of every item for B users: p [B, D], q_all [N, D], mem_q [B, K, D] -> [B, N]."""
-    w = torch.einsum("nd,bkd->bnk", q_all, mem_q)  # [B, N, K]
-    z = masked_softmax(beta * w, mem_mask[:, None, :].expand_as(w))  # [B, N, K]
-    return p @ q_all.T + alpha * (z * w).sum(dim=-1)  # [B, N]
+    """Logits of every item for B users: p [B, D], q_all [N, D], mem_q [B, K, D] -> [B, N].
+
+    Same function as :func:`item_logits`, laid out for speed: the slot axis stays in
+    the middle ([B, K, N]) and torch's fused softmax runs over it. A user with no
+    stored item gets one "occupied" all-zero slot, whose w is 0, so the read is 0.
+    """
+    empty = ~mem_mask.any(dim=1)  # [B]
+    mask = mem_mask.clone()
+    mask[empty, 0] = True
+    mem = mem_q * mask[:, :, None]  # [B, K, D]; zero rows in unoccupied slots
+    w = mem @ q_all.T  # [B, K, N]
+    z = torch.softmax((beta * w).masked_fill(~mask[:, :, None], -math.inf), dim=1)  # [B, K, N]
+    return p @ q_all.T + alpha * (z * w).sum(dim=1)  # [B, N]
 
 
 # --- feature-level --------------------------------------------------------------
@@ -121,7 +132,10 @@ def feature_write(
 def feature_logits(
     p: torch.Tensor, cand_q: torch.Tensor, cand_z: torch.Tensor, memory: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """Logit for candidates: p [B, D], cand_q [B, C, D], cand_z [B, C, K], memory [B, K, D] -> [B, C]."""
+    """Logits of candidates: p [B, D], cand_q [B, C, D], cand_z [B, C, K], memory [B, K, D].
+
+    Returns [B, C].
+    """
     user = p[:, None, :] + alpha * feature_read(cand_z, memory)  # [B, C, D]
     return (user * cand_q).sum(dim=-1)
 
@@ -131,10 +145,22 @@ def feature_logits_all(
 ) -> torch.Tensor:
     """Logits of every item: p [B, D], q_all [N, D], z_all [N, K], memory [B, K, D] -> [B, N].
 
-    s_bn = p_b·q_n + α Σ_k z_nk (m_bk·q_n): one [B·K, D] x [D, N] product, then a
-    weighted sum over K; about 2·N·K·D flops per user.
+    s_bn = p_b·q_n + α Σ_k z_nk (m_bk·q_n); see :func:`feature_item_table`.
     """
-    batch, slots, dim = memory.shape
-    g = (memory.reshape(batch * slots, dim) @ q_all.T).reshape(batch, slots, -1)  # [B, K, N]
-    read = torch.einsum("bkn,nk->bn", g, z_all)  # [B, N]
-    return p @ q_all.T + alpha * read
+    return feature_user_rows(p, memory, alpha) @ feature_item_table(q_all, z_all).T
+
+
+def feature_item_table(q_all: torch.Tensor, z_all: torch.Tensor) -> torch.Tensor:
+    """Per item n the row [q_n, z_n1 q_n, ..., z_nK q_n]: [N, D + K·D], precomputed per version.
+
+    Σ_k z_nk (m_bk·q_n) = Σ_{k,d} m_bkd (z_nk q_nd), so exact scoring of all items
+    is a single [B, D + K·D] x [D + K·D, N] product: 2·N·(K+1)·D flops per user.
+    """
+    n = q_all.shape[0]
+    outer = (z_all[:, :, None] * q_all[:, None, :]).reshape(n, -1)  # [N, K·D]
+    return torch.cat([q_all, outer], dim=1)  # [N, D + K·D]
+
+
+def feature_user_rows(p: torch.Tensor, memory: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per user the row [p*_u, α m_1, ..., α m_K]: p [B, D], memory [B, K, D] -> [B, D + K·D]."""
+    return torch.cat([p, alpha * memory.reshape(memory.shape[0], -1)], dim=1)

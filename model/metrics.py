@@ -76,6 +76,4 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def topk_metrics(positions: Iterable[int | None], ks: Sequence[int]) -> dict[str, float]:
     """Metrics from the 1-based position of the true item in a shown top list (None = absent)."""
-    return single_target_metrics(
-        (math.inf if p is None else float(p) for p in positions), ks
-    )
+    return single_target_metrics((math.inf if p is None else float(p) for p in positions), ks)

@@ -1,4 +1,4 @@
-"""Item-level and feature-level RUM as torch modules (parameters + the kernels of :mod:`model.kernels`).
+"""Item-level and feature-level RUM as torch modules: parameters plus :mod:`model.kernels`.
 
 Indices: items ``1..N`` and users ``1..U``; row 0 of both embedding tables is
 padding/unknown and stays exactly zero (``padding_idx``), so an unknown user has
@@ -58,7 +58,9 @@ class RUM(nn.Module):
 class ItemRUM(RUM):
     """Item-level RUM: the memory is the window of the last K item indices (0 = empty slot)."""
 
-    def logits(self, users: torch.Tensor, window: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, users: torch.Tensor, window: torch.Tensor, cands: torch.Tensor
+    ) -> torch.Tensor:
         """users [B], window [B, K] item indices (0 = empty), cands [B, C] -> logits [B, C]."""
         cfg = self.config
         p = self.user_emb(users)  # [B, D]
@@ -93,11 +95,11 @@ class FeatureRUM(RUM):
 
     def attention(self, items: torch.Tensor) -> torch.Tensor:
         """z over features for item indices [...] -> [..., K]."""
-        return kernels.feature_attention(
-            self.item_emb(items), self.features, self.config.beta
-        )
+        return kernels.feature_attention(self.item_emb(items), self.features, self.config.beta)
 
-    def write(self, memory: torch.Tensor, items: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def write(
+        self, memory: torch.Tensor, items: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
         """WRITE items [B] into memory [B, K, D] where ``active`` [B] (bool); others unchanged."""
         q = self.item_emb(items)  # [B, D]
         z = kernels.feature_attention(q, self.features, self.config.beta)  # [B, K]
@@ -107,7 +109,9 @@ class FeatureRUM(RUM):
         written = kernels.feature_write(memory, z, erase, add)  # [B, K, D]
         return torch.where(active[:, None, None], written, memory)
 
-    def logits(self, users: torch.Tensor, memory: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, users: torch.Tensor, memory: torch.Tensor, cands: torch.Tensor
+    ) -> torch.Tensor:
         """users [B], memory [B, K, D], cands [B, C] -> logits [B, C]."""
         p = self.user_emb(users)  # [B, D]
         cand_q = self.item_emb(cands)  # [B, C, D]

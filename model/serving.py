@@ -96,29 +96,33 @@ class Scorer:
         self.num_items = items.size
         self.users = users
         self.items = items
-        self._q = weights["item_emb.weight"].detach().float().cpu().contiguous()  # [N+1, D]
-        self._p = weights["user_emb.weight"].detach().float().cpu().contiguous()  # [U+1, D]
+        # Fresh, aligned copies: BLAS kernels may round differently for differently aligned
+        # buffers (a memory-mapped safetensors file), and a reloaded model must score the same.
+        weights = {name: t.detach().float().cpu().clone() for name, t in weights.items()}
+        self._q = weights["item_emb.weight"]  # [N+1, D]
+        self._p = weights["user_emb.weight"]  # [U+1, D]
         self._popularity = np.asarray(popularity, dtype=np.float64)  # [N+1], [0] = 0
         self._pop_order = np.argsort(-self._popularity[1:], kind="stable") + 1  # [N]
         self._pop_total = max(float(self._popularity.sum()), 1.0)
         if self.variant == "feature":
-            features = weights["features"].detach().float().cpu()
+            features = weights["features"]
             with torch.no_grad():
                 self._z = kernels.feature_attention(self._q, features, config.beta)  # [N+1, K]
                 erase, add = kernels.erase_add(
                     self._q,
-                    weights["erase.weight"].float().cpu(),
-                    weights["erase.bias"].float().cpu(),
-                    weights["add.weight"].float().cpu(),
-                    weights["add.bias"].float().cpu(),
+                    weights["erase.weight"],
+                    weights["erase.bias"],
+                    weights["add.weight"],
+                    weights["add.bias"],
                 )
             # Per-item write terms, precomputed once per version: a WRITE is then two
             # elementwise ops on [K, D].
             self._z_np = self._z.numpy()  # [N+1, K]
             self._erase_np = erase.numpy()  # [N+1, D]
             self._add_np = add.numpy()  # [N+1, D]
-            self._memory0 = _frozen(weights["memory0"].detach().float().cpu().numpy().copy())
+            self._memory0 = _frozen(weights["memory0"].numpy())
             self._z_mean = self._z[1:].mean(dim=0)  # [K] for two-stage retrieval
+            self._table = kernels.feature_item_table(self._q, self._z)  # [N+1, D + K·D]
 
     # --- construction ---------------------------------------------------------------
 
@@ -182,7 +186,10 @@ class Scorer:
         return memory.writes == 0
 
     def encode_memory(self, memory: Memory) -> bytes | list[str]:
-        """Item-level: the list of raw ids; feature-level: header + float32 slots (msgpack-friendly)."""
+        """Item-level: the list of raw ids; feature-level: header + float32 slots (bytes).
+
+        Both are msgpack-friendly.
+        """
         if isinstance(memory, tuple):
             return list(memory)
         header = _HEADER.pack(_MAGIC, memory.writes, self.slots, self.dim)
@@ -236,7 +243,9 @@ class Scorer:
         for memory in memories:
             assert isinstance(memory, FeatureMemory), "feature-level model needs FeatureMemory"
             arrays.append(memory.slots)
-        return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, self.slots, self.dim)
+        return (
+            torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, self.slots, self.dim)
+        )
 
     def logits_many(self, user_ids: Sequence[str], memories: Sequence[Memory]) -> torch.Tensor:
         """Exact logits of every item row for B users: [B, N+1]; column 0 (padding) is -inf."""
@@ -250,7 +259,8 @@ class Scorer:
                 )
             else:
                 slots = self._feature_slots(memories)  # [B, K, D]
-                logits = kernels.feature_logits_all(p, self._q, self._z, slots, cfg.alpha)
+                rows = kernels.feature_user_rows(p, slots, cfg.alpha)  # [B, D + K·D]
+                logits = rows @ self._table.T  # [B, N+1]
             logits[:, PAD] = -math.inf
         return logits
 
@@ -267,7 +277,9 @@ class Scorer:
         slots = self._feature_slots(memories)
         return kernels.feature_logits(p, cand_q, self._z[cands], slots, cfg.alpha)
 
-    def _retrieval_queries(self, user_ids: Sequence[str], memories: Sequence[Memory]) -> torch.Tensor:
+    def _retrieval_queries(
+        self, user_ids: Sequence[str], memories: Sequence[Memory]
+    ) -> torch.Tensor:
         """One vector per user whose inner product with q_i approximates the exact logit: [B, D]."""
         p = self._user_vectors(user_ids)
         if self.variant == "item":

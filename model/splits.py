@@ -72,7 +72,7 @@ def _per_user_positions(log: EventLog) -> dict[str, list[int]]:
 
 
 def loo_split(log: EventLog) -> Split:
-    """Leave-one-out: last event = test, second-last = validation, rest = fit (users < 3 fit only)."""
+    """Leave-one-out: last = test, second-last = validation, rest = fit (users < 3: fit only)."""
     items = log.item_ids
     fit_mask = np.ones(len(log), dtype=bool)
     valid: list[Case] = []
@@ -107,9 +107,7 @@ def paper_split(log: EventLog, train_fraction: float = 0.7) -> Split:
     return Split("paper", log.subset(fit_mask), valid, test)
 
 
-def prequential_split(
-    log: EventLog, quantile: float = 0.8, valid_fraction: float = 0.1
-) -> Split:
+def prequential_split(log: EventLog, quantile: float = 0.8, valid_fraction: float = 0.1) -> Split:
     """Global time T at the ``quantile`` of timestamps; validation = last 10% of events before T."""
     start = _quantile_time(log.timestamps, quantile)
     before = log.subset(log.timestamps < start)

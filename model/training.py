@@ -74,7 +74,9 @@ Validator = Callable[[ItemRUM | FeatureRUM, Vocab, Vocab, np.ndarray], dict[str,
 class NegativeSampler:
     """Uniform negatives excluding the items each user interacted with (rejection sampling)."""
 
-    def __init__(self, seqs: dict[int, np.ndarray], num_items: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self, seqs: dict[int, np.ndarray], num_items: int, rng: np.random.Generator
+    ) -> None:
         self.num_items = num_items
         self.rng = rng
         keys = [u * (num_items + 1) + np.unique(s) for u, s in seqs.items()]
