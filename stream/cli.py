@@ -95,10 +95,21 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from stream.worker import worker_main
+
+    return worker_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rum", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_kafka(commands)
+    from stream.worker import add_worker_options
+
+    worker = commands.add_parser("worker", help="run a streaming worker (Faust)")
+    add_worker_options(worker)
+    worker.set_defaults(handler=_worker)
     for name, (_module, _function, text) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)
     return parser

@@ -1,0 +1,260 @@
+"""The Faust worker: purchases in, per-user RUM memory in RocksDB, recommendations out.
+
+``create_app(settings, scorer)`` builds the app; nothing connects or loads at
+import. The agent does I/O only: the batch logic is in :mod:`stream.processing`
+and the state transition in :mod:`stream.state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+import torch
+from faust.tables.manager import TableManager
+from faust.web import Request, Response, View
+
+from model.serving import Scorer
+from stream.events import Position
+from stream.logs import get_logger
+from stream.metrics import Metrics
+from stream.processing import (
+    AppliedBatch,
+    Record,
+    apply_batch,
+    items_payload,
+    recommend_many,
+    score_requests,
+)
+from stream.settings import Settings
+from stream.state import StateDecodeError, UserState, decode_state, encode_state, refresh
+
+log = get_logger("rum.worker")
+
+STATE_TABLE = "user-state"
+
+
+@dataclass
+class Runtime:
+    """What the agent and the web views share in one worker process."""
+
+    settings: Settings
+    scorer: Scorer
+    metrics: Metrics = field(default_factory=Metrics)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="rum-score")
+    )
+
+
+def _headers(raw: Any) -> list[tuple[str, bytes]]:
+    if not raw:
+        return []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(name), bytes(value or b"")) for name, value in items]
+
+
+def _record(event: faust.types.EventT) -> Record:
+    message = event.message
+    return Record(
+        key=message.key,
+        value=message.value,
+        headers=_headers(message.headers),
+        position=Position(message.topic, message.partition, message.offset),
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+    )
+
+
+def create_app(settings: Settings, scorer: Scorer) -> faust.App:
+    torch.set_num_threads(settings.torch_threads)
+    runtime = Runtime(settings=settings, scorer=scorer)
+    runtime.metrics.model_info.labels(scorer.version, scorer.variant).set(1)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=max(1000, settings.batch_size),
+        autodiscover=False,
+        # Every topic and the table carry bytes the worker encodes itself: a
+        # decoding error is then ours to dead-letter, never a crashed agent.
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    purchases = app.topic(settings.topic_purchases, key_serializer="raw", value_serializer="raw")
+    recommendations = app.topic(
+        settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
+    )
+    dead_letters = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
+    states = app.Table(
+        STATE_TABLE,
+        partitions=settings.partitions,
+        key_type=bytes,  # bytes types make faust store them raw (msgpack is ours)
+        value_type=bytes,
+        options={"driver": "rocksdict"},
+    )
+
+    def load_state(user_id: str) -> UserState | None:
+        raw = states.get(user_id.encode())
+        if raw is None:
+            return None
+        try:
+            return decode_state(raw, runtime.scorer)
+        except StateDecodeError as exc:
+            # The stored value is kept in the changelog history; starting the user
+            # afresh beats stopping every user of the partition.
+            log.error("state_unreadable", user_id=user_id, error=str(exc))
+            return None
+
+    async def send_dead_letters(records: list[Record], batch: AppliedBatch) -> None:
+        for index, rejection in batch.dead_letters:
+            record = records[index]
+            pos = record.position
+            headers = [
+                ("rum-reason", rejection.reason.encode()),
+                ("rum-detail", rejection.detail[:512].encode("utf-8", "replace")),
+                ("rum-stage", rejection.stage.encode()),
+                ("rum-source-topic", pos.topic.encode()),
+                ("rum-source-partition", str(pos.partition).encode()),
+                ("rum-source-offset", str(pos.offset).encode()),
+                *record.headers,
+            ]
+            await dead_letters.send(key=record.key, value=record.value, headers=headers)
+            runtime.metrics.dead_letters.labels(rejection.reason).inc()
+            log.warning(
+                "dead_letter",
+                reason=rejection.reason,
+                detail=rejection.detail,
+                stage=rejection.stage,
+                topic=pos.topic,
+                partition=pos.partition,
+                offset=pos.offset,
+            )
+
+    async def handle(stream: faust.Stream[Any], events: list[faust.types.EventT]) -> None:
+        metrics = runtime.metrics
+        scorer = runtime.scorer
+        records = [_record(event) for event in events]
+        metrics.batch_size.observe(len(records))
+        batch = apply_batch(records, load_state, scorer, settings)
+        for outcome, count in batch.outcomes.items():
+            metrics.events.labels(outcome.split(":", 1)[0]).inc(count)
+        metrics.duplicates.inc(batch.outcomes["duplicate"] + batch.outcomes["stale"])
+        metrics.unknown_items.inc(batch.outcomes["applied_unknown_item"])
+        await send_dead_letters(records, batch)
+        for user_id, state in batch.states.items():
+            # The table writes its changelog to the partition of the current event:
+            # point it at this user's own record (a batch spans partitions).
+            stream._set_current_event(events[batch.last_index[user_id]])
+            states[user_id.encode()] = encode_state(state, scorer)
+        if not batch.requests:
+            return
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        messages = await loop.run_in_executor(
+            runtime.executor, score_requests, batch.requests, scorer, settings
+        )
+        metrics.scoring_seconds.observe(time.perf_counter() - started)
+        for request, message in zip(batch.requests, messages, strict=True):
+            await recommendations.send(
+                key=request.user_id.encode(),
+                value=json.dumps(message).encode(),
+                headers=[("content-type", b"application/json")],
+            )
+            now_ms = time.time() * 1000
+            for ts_ms in request.record_ts_ms:
+                if ts_ms:
+                    metrics.lag_seconds.observe(max(0.0, (now_ms - ts_ms) / 1000))
+        metrics.recommendations.inc(len(messages))
+
+    @app.agent(purchases, name="rum-purchases")
+    async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
+        # Agents are handed a concrete Stream; take_events is not on the StreamT protocol.
+        stream = cast(faust.Stream[Any], stream_t)
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            try:
+                await handle(stream, list(events))
+            except Exception as exc:
+                first = events[0].message if events else None
+                log.exception(
+                    "batch_failed",
+                    error=repr(exc),
+                    topic=getattr(first, "topic", None),
+                    partition=getattr(first, "partition", None),
+                    offset=getattr(first, "offset", None),
+                    size=len(events),
+                )
+                raise
+
+    @app.page("/recommendations/{user_id}")
+    @app.table_route(table=states, match_info="user_id")
+    async def recommendations_view(web: View, request: Request, user_id: str) -> Response:
+        raw_k = request.query.get("k", str(settings.k))
+        try:
+            k = int(raw_k)
+        except ValueError:
+            return web.json({"error": f"k must be an integer, got {raw_k[:32]!r}"}, status=400)
+        if not 1 <= k <= settings.max_k:
+            return web.json({"error": f"k must be between 1 and {settings.max_k}"}, status=400)
+        if not user_id or len(user_id) > settings.max_id_length:
+            msg = f"user_id must have 1 to {settings.max_id_length} characters"
+            return web.json({"error": msg}, status=400)
+        scorer = runtime.scorer
+        state = load_state(user_id)
+        if state is not None:
+            state = refresh(state, scorer)
+        memory = state.memory if state is not None else scorer.empty_memory()
+        seen = (
+            frozenset(state.history) if state is not None and settings.exclude_seen else frozenset()
+        )
+        loop = asyncio.get_running_loop()
+        ranked = await loop.run_in_executor(
+            runtime.executor,
+            recommend_many,
+            scorer,
+            [user_id],
+            [memory],
+            [seen],
+            k,
+            settings,
+        )
+        body = {
+            "user_id": user_id,
+            "items": items_payload(ranked[0]),
+            "model_version": scorer.version,
+            "history": list(state.history) if state is not None else [],
+            "events_applied": state.applied if state is not None else 0,
+            "generated_at": time.time(),
+        }
+        return web.json(body)
+
+    @app.page("/health")
+    async def health(web: View, request: Request) -> Response:
+        assigned = bool(app.consumer.assignment()) if app.consumer is not None else False
+        recovered = cast(TableManager, app.tables).recovery.completed.is_set()
+        ok = assigned and recovered and runtime.scorer is not None
+        body = {
+            "status": "ok" if ok else "starting",
+            "assigned_partitions": len(app.consumer.assignment()) if assigned else 0,
+            "recovered": recovered,
+            "model_version": runtime.scorer.version,
+        }
+        return web.json(body, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(web: View, request: Request) -> Response:
+        return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    app.rum_runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
+    return app

@@ -1,0 +1,154 @@
+"""Per-user state and the pure transition that applies one purchase to it.
+
+``apply_purchase(state, purchase, scorer, limits) -> (state, outcome)`` never
+mutates its input and never touches Kafka; the agent assigns the returned state
+back to the table (``table[user] = encode_state(state)``) so the changelog sees
+every change.
+
+State per user is bounded: the memory (K ids or K×D floats), the last H raw
+item ids, the last R event ids with their timestamps, and a few scalars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+from model.serving import Memory, Scorer
+from stream.events import Purchase
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class UserState:
+    memory: Memory
+    memory_version: str  # the model version that wrote ``memory``
+    history: tuple[str, ...]  # last H raw item ids, oldest first (known or not)
+    recent: tuple[tuple[str, float], ...]  # last R (event_id, ts), oldest first
+    last_ts: float
+    applied: int  # events applied over the user's lifetime
+
+
+@dataclass(frozen=True)
+class Limits:
+    history: int
+    dedupe_ring: int
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    APPLIED_UNKNOWN_ITEM = "applied_unknown_item"  # recorded in history, not embedded
+    DUPLICATE = "duplicate"  # event id seen before
+    STALE = "stale"  # older than every remembered event id: cannot tell, so not applied twice
+
+
+def new_state(scorer: Scorer) -> UserState:
+    return UserState(
+        memory=scorer.empty_memory(),
+        memory_version=scorer.version,
+        history=(),
+        recent=(),
+        last_ts=0.0,
+        applied=0,
+    )
+
+
+def current_memory(state: UserState, scorer: Scorer) -> Memory:
+    """The memory under ``scorer``: a memory written by another version is rebuilt
+    from the stored history (feature-level slots live in that version's space)."""
+    if state.memory_version == scorer.version:
+        return state.memory
+    return scorer.memory_from_history(state.history)
+
+
+def is_duplicate(state: UserState, purchase: Purchase, limits: Limits) -> Outcome | None:
+    ids = {event_id for event_id, _ts in state.recent}
+    if purchase.event_id in ids:
+        return Outcome.DUPLICATE
+    if len(state.recent) >= limits.dedupe_ring and purchase.ts < min(
+        ts for _id, ts in state.recent
+    ):
+        # Every id older than the ring has been forgotten: an event from before the
+        # ring's window is most likely a re-delivery of one applied long ago.
+        return Outcome.STALE
+    return None
+
+
+def apply_purchase(
+    state: UserState | None, purchase: Purchase, scorer: Scorer, limits: Limits
+) -> tuple[UserState, Outcome]:
+    """Apply one purchase (RUM WRITE + bookkeeping); duplicates leave the state as it was."""
+    state = new_state(scorer) if state is None else state
+    rejected = is_duplicate(state, purchase, limits)
+    if rejected is not None:
+        return state, rejected
+    memory = current_memory(state, scorer)
+    known = scorer.knows_item(purchase.item_id)
+    if known:
+        memory = scorer.write_one(memory, purchase.item_id)
+    updated = UserState(
+        memory=memory,
+        memory_version=scorer.version,
+        history=(*state.history, purchase.item_id)[-limits.history :],
+        recent=(*state.recent, (purchase.event_id, purchase.ts))[-limits.dedupe_ring :],
+        last_ts=max(state.last_ts, purchase.ts),
+        applied=state.applied + 1,
+    )
+    return updated, Outcome.APPLIED if known else Outcome.APPLIED_UNKNOWN_ITEM
+
+
+def refresh(state: UserState, scorer: Scorer) -> UserState:
+    """The state with its memory brought to ``scorer``'s version."""
+    if state.memory_version == scorer.version:
+        return state
+    return replace(state, memory=current_memory(state, scorer), memory_version=scorer.version)
+
+
+def encode_state(state: UserState, scorer: Scorer) -> bytes:
+    memory = scorer.encode_memory(state.memory) if state.memory_version == scorer.version else None
+    payload: dict[str, Any] = {
+        "f": STATE_FORMAT,
+        "m": memory,
+        "v": state.memory_version if memory is not None else "",
+        "h": list(state.history),
+        "r": [[event_id, ts] for event_id, ts in state.recent],
+        "t": state.last_ts,
+        "n": state.applied,
+    }
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+class StateDecodeError(ValueError):
+    """A stored state could not be read; the message says which part."""
+
+
+def decode_state(raw: bytes, scorer: Scorer) -> UserState:
+    """Read a stored state. A memory from another model version is not decoded (its
+    shape may differ); it is rebuilt from the history when the state is next used."""
+    try:
+        payload = msgpack.unpackb(raw, raw=False)
+        if payload.get("f") != STATE_FORMAT:
+            raise StateDecodeError(f"state format {payload.get('f')!r}, expected {STATE_FORMAT}")
+        history = tuple(str(item) for item in payload["h"])
+        version = str(payload["v"])
+        if version == scorer.version and payload["m"] is not None:
+            memory = scorer.decode_memory(payload["m"])
+        else:
+            memory = scorer.memory_from_history(history)
+            version = scorer.version
+        return UserState(
+            memory=memory,
+            memory_version=version,
+            history=history,
+            recent=tuple((str(event_id), float(ts)) for event_id, ts in payload["r"]),
+            last_ts=float(payload["t"]),
+            applied=int(payload["n"]),
+        )
+    except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        if isinstance(exc, StateDecodeError):
+            raise
+        raise StateDecodeError(f"stored user state is unreadable: {exc!r}") from exc
