@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -39,12 +40,27 @@ log = get_logger("rum.worker")
 STATE_TABLE = "user-state"
 
 
+Send = Callable[[bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Any]]
+
+
+async def _unset_send(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+) -> Any:
+    raise RuntimeError("the worker's output topics are not wired")
+
+
 @dataclass
 class Runtime:
-    """What the agent and the web views share in one worker process."""
+    """What the agent and the web views share in one worker process.
+
+    ``send_recommendation`` and ``send_dead_letter`` are the two outputs; agent
+    tests replace them to capture what would go to Kafka.
+    """
 
     settings: Settings
     scorer: Scorer
+    send_recommendation: Send = _unset_send
+    send_dead_letter: Send = _unset_send
     metrics: Metrics = field(default_factory=Metrics)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="rum-score")
@@ -69,14 +85,15 @@ def _record(event: faust.types.EventT) -> Record:
     )
 
 
-def create_app(settings: Settings, scorer: Scorer) -> faust.App:
+def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") -> faust.App:
+    """The worker app; ``store="memory://"`` serves Faust's in-memory agent tests."""
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(settings=settings, scorer=scorer)
     runtime.metrics.model_info.labels(scorer.version, scorer.variant).set(1)
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
-        store="rocksdb://",
+        store=store,
         datadir=settings.data_dir,
         web_port=settings.web_port,
         web_bind=settings.web_host,
@@ -102,8 +119,21 @@ def create_app(settings: Settings, scorer: Scorer) -> faust.App:
         partitions=settings.partitions,
         key_type=bytes,  # bytes types make faust store them raw (msgpack is ours)
         value_type=bytes,
-        options={"driver": "rocksdict"},
+        options={"driver": "rocksdict"} if store.startswith("rocksdb") else None,
     )
+
+    async def to_recommendations(
+        key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Any:
+        return await recommendations.send(key=key, value=value, headers=headers)
+
+    async def to_dead_letters(
+        key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Any:
+        return await dead_letters.send(key=key, value=value, headers=headers)
+
+    runtime.send_recommendation = to_recommendations
+    runtime.send_dead_letter = to_dead_letters
 
     def load_state(user_id: str) -> UserState | None:
         raw = states.get(user_id.encode())
@@ -130,7 +160,7 @@ def create_app(settings: Settings, scorer: Scorer) -> faust.App:
                 ("rum-source-offset", str(pos.offset).encode()),
                 *record.headers,
             ]
-            await dead_letters.send(key=record.key, value=record.value, headers=headers)
+            await runtime.send_dead_letter(record.key, record.value, headers)
             runtime.metrics.dead_letters.labels(rejection.reason).inc()
             log.warning(
                 "dead_letter",
@@ -167,10 +197,10 @@ def create_app(settings: Settings, scorer: Scorer) -> faust.App:
         )
         metrics.scoring_seconds.observe(time.perf_counter() - started)
         for request, message in zip(batch.requests, messages, strict=True):
-            await recommendations.send(
-                key=request.user_id.encode(),
-                value=json.dumps(message).encode(),
-                headers=[("content-type", b"application/json")],
+            await runtime.send_recommendation(
+                request.user_id.encode(),
+                json.dumps(message).encode(),
+                [("content-type", b"application/json")],
             )
             now_ms = time.time() * 1000
             for ts_ms in request.record_ts_ms:

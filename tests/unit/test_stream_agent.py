@@ -1,0 +1,56 @@
+"""The Faust agent itself, with faust's test_context() and an in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from stream.app import create_app
+from stream.settings import Settings
+from tests.stream_toys import tiny_scorer
+
+
+def test_agent_applies_scores_and_dead_letters() -> None:
+    async def scenario() -> tuple[list, list, dict]:
+        scorer = tiny_scorer("item")
+        app = create_app(Settings(app_id="agent-test"), scorer, store="memory://")
+        recommendations: list = []
+        dead: list = []
+
+        async def capture_recommendation(key, value, headers):
+            recommendations.append((key, json.loads(value)))
+
+        async def capture_dead_letter(key, value, headers):
+            dead.append((key, value, dict(headers)))
+
+        app.rum_runtime.send_recommendation = capture_recommendation
+        app.rum_runtime.send_dead_letter = capture_dead_letter
+        agent = app.agents["rum-purchases"]
+        async with agent.test_context() as agent_t:
+            for item in ("1", "2"):
+                payload = {"user_id": "u3", "item_id": item, "ts": 5, "event_id": f"e{item}"}
+                await agent_t.put(json.dumps(payload).encode(), key=b"u3")
+            await agent_t.put(b'{"user_id": 12', key=b"u3")
+            await agent_t.put(
+                json.dumps({"user_id": "u3", "item_id": "1", "ts": 5, "event_id": "e1"}).encode(),
+                key=b"u3",
+            )
+            for _ in range(100):
+                covered = sum(len(r[1]["event_ids"]) for r in recommendations)
+                if covered >= 3 and dead:
+                    break
+                await asyncio.sleep(0.05)
+        table = app.tables["user-state"]
+        from stream.state import decode_state
+
+        state = decode_state(table[b"u3"], scorer)
+        return recommendations, dead, {"history": state.history, "applied": state.applied}
+
+    recommendations, dead, state = asyncio.run(scenario())
+    # However the micro-batches fell, every event is covered once, in order.
+    assert [e for r in recommendations for e in r[1]["event_ids"]] == ["e1", "e2", "e1"]
+    assert all(key == b"u3" for key, _ in recommendations)
+    assert len(dead) == 1 and dead[0][2]["rum-reason"] == b"undecodable"
+    assert dead[0][2]["rum-source-topic"]
+    # The duplicate e1 was answered but not applied again.
+    assert state == {"history": ("1", "2"), "applied": 2}
