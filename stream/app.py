@@ -286,5 +286,13 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     async def metrics_view(web: View, request: Request) -> Response:
         return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
-    app.rum_runtime = runtime  # type: ignore[attr-defined]  # for tests and the CLI
+    _RUNTIMES[id(app)] = runtime
     return app
+
+
+_RUNTIMES: dict[int, Runtime] = {}
+
+
+def runtime_of(app: faust.App) -> Runtime:
+    """The runtime that :func:`create_app` made for ``app`` (tests swap its outputs)."""
+    return _RUNTIMES[id(app)]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
-from stream.app import create_app
+import faust
+
+from stream.app import create_app, runtime_of
 from stream.settings import Settings
 from tests.stream_toys import tiny_scorer
 
@@ -23,8 +26,8 @@ def test_agent_applies_scores_and_dead_letters() -> None:
         async def capture_dead_letter(key, value, headers):
             dead.append((key, value, dict(headers)))
 
-        app.rum_runtime.send_recommendation = capture_recommendation
-        app.rum_runtime.send_dead_letter = capture_dead_letter
+        runtime_of(app).send_recommendation = capture_recommendation
+        runtime_of(app).send_dead_letter = capture_dead_letter
         agent = app.agents["rum-purchases"]
         async with agent.test_context() as agent_t:
             for item in ("1", "2"):
@@ -40,7 +43,7 @@ def test_agent_applies_scores_and_dead_letters() -> None:
                 if covered >= 3 and dead:
                     break
                 await asyncio.sleep(0.05)
-        table = app.tables["user-state"]
+        table = cast(faust.Table, app.tables["user-state"])
         from stream.state import decode_state
 
         state = decode_state(table[b"u3"], scorer)
