@@ -101,6 +101,20 @@ def _worker(args: argparse.Namespace) -> int:
     return worker_main(args)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from stream.replay import replay_main
+
+    return replay_main(args)
+
+
+def _add_replay_demo_docs(commands: argparse._SubParsersAction) -> None:
+    from stream.replay import add_replay_options
+
+    replay = commands.add_parser("replay", help="replay an event log (CSV/TSV/JSONL) into Kafka")
+    add_replay_options(replay)
+    replay.set_defaults(handler=_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rum", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a streaming worker (Faust)")
     add_worker_options(worker)
     worker.set_defaults(handler=_worker)
+    _add_replay_demo_docs(commands)
     for name, (_module, _function, text) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)
     return parser
