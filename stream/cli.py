@@ -107,12 +107,32 @@ def _replay(args: argparse.Namespace) -> int:
     return replay_main(args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from stream.demo import demo_main
+
+    return demo_main(args)
+
+
+def _settings_table(args: argparse.Namespace) -> int:
+    from stream.readme import settings_table_main
+
+    return settings_table_main(args)
+
+
 def _add_replay_demo_docs(commands: argparse._SubParsersAction) -> None:
+    from stream.demo import add_demo_options
+    from stream.readme import add_settings_table_options
     from stream.replay import add_replay_options
 
     replay = commands.add_parser("replay", help="replay an event log (CSV/TSV/JSONL) into Kafka")
     add_replay_options(replay)
     replay.set_defaults(handler=_replay)
+    demo = commands.add_parser("demo", help="train, stream and show recommendations live")
+    add_demo_options(demo)
+    demo.set_defaults(handler=_demo)
+    table = commands.add_parser("settings-table", help="print (or write into README) the settings")
+    add_settings_table_options(table)
+    table.set_defaults(handler=_settings_table)
 
 
 def build_parser() -> argparse.ArgumentParser:

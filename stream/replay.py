@@ -528,6 +528,10 @@ def report_bad_rows(log: ParsedLog, out_path: str | None = None) -> None:
 
 def replay_main(args: argparse.Namespace) -> int:
     """Exit status 0 when every row was sent; 1 when any row was malformed or undelivered."""
+    for flag, value in (("--limit", args.limit), ("--max-rate", args.max_rate)):
+        if value is not None and value <= 0:
+            print(f"rum replay: {flag} must be positive, got {value}", file=sys.stderr)
+            return 2
     try:
         speed = parse_speed(args.speed)
         log = read_log(args.path, args.columns, args.delimiter, args.id_prefix)
