@@ -95,6 +95,12 @@ DELEGATED: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _evaluate_stream(args: argparse.Namespace) -> int:
+    from stream.prequential import evaluate_stream_main
+
+    return evaluate_stream_main(args)
+
+
 def _worker(args: argparse.Namespace) -> int:
     from stream.worker import worker_main
 
@@ -139,8 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rum", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_kafka(commands)
+    from stream.prequential import add_evaluate_stream_options
     from stream.worker import add_worker_options
 
+    evaluate_stream = commands.add_parser(
+        "evaluate-stream",
+        help="prequential HR/NDCG measured from the recommendations topic (RUM_EMIT=event)",
+    )
+    add_evaluate_stream_options(evaluate_stream)
+    evaluate_stream.set_defaults(handler=_evaluate_stream)
     worker = commands.add_parser("worker", help="run a streaming worker (Faust)")
     add_worker_options(worker)
     worker.set_defaults(handler=_worker)

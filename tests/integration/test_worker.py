@@ -175,7 +175,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_goes_on(
         deployment.stop_all()
     reasons = [dict(r.headers)["rum-reason"].decode() for r in dead]
     assert reasons == [reason for reason, *_ in BAD_RECORDS]
-    for record, (_reason, key, value, _headers) in zip(dead, BAD_RECORDS, strict=True):
+    for record, (_reason, key, value, _sent_headers) in zip(dead, BAD_RECORDS, strict=True):
         headers = dict(record.headers)
         assert record.key == key and record.value == value  # the original bytes
         assert headers["rum-source-topic"].decode() == deployment.purchases
