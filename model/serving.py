@@ -121,8 +121,9 @@ class Scorer:
             self._erase_np = erase.numpy()  # [N+1, D]
             self._add_np = add.numpy()  # [N+1, D]
             self._memory0 = _frozen(weights["memory0"].numpy())
-            self._z_mean = self._z[1:].mean(dim=0)  # [K] for two-stage retrieval
             self._table = kernels.feature_item_table(self._q, self._z)  # [N+1, D + K·D]
+        self._basis: torch.Tensor | None = None
+        self._retrieval_items = self._q
 
     # --- construction ---------------------------------------------------------------
 
@@ -277,19 +278,37 @@ class Scorer:
         slots = self._feature_slots(memories)
         return kernels.feature_logits(p, cand_q, self._z[cands], slots, cfg.alpha)
 
-    def _retrieval_queries(
+    def _retrieval_basis(self) -> torch.Tensor:
+        """Feature-level: top principal directions of the item table, [D + K·D, R], R = 2·D.
+
+        The exact logit is rows_u · table_n; projecting both on the directions where
+        the item rows vary most keeps most of it at R/(D + K·D) of the cost.
+        Computed on first use (load stays fast) and cached.
+        """
+        if self._basis is None:
+            table = self._table[1:]  # [N, D + K·D]
+            _, vectors = torch.linalg.eigh(table.T @ table)  # ascending eigenvalues
+            rank = min(2 * self.dim, table.shape[1])
+            self._basis = vectors[:, -rank:].contiguous()  # [D + K·D, R]
+            self._retrieval_items = self._table @ self._basis  # [N+1, R]
+        return self._basis
+
+    def _retrieval(
         self, user_ids: Sequence[str], memories: Sequence[Memory]
-    ) -> torch.Tensor:
-        """One vector per user whose inner product with q_i approximates the exact logit: [B, D]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-user query vectors [B, R] and item vectors [N+1, R] whose inner products
+        approximate the exact logits (two-stage scoring, first stage)."""
         p = self._user_vectors(user_ids)
         if self.variant == "item":
+            # Uniform attention over the stored items stands in for the per-candidate softmax.
             window = self._item_window(memories)  # [B, K]
             occupied = (window > 0).float()  # [B, K]
             summed = (self._q[window] * occupied[:, :, None]).sum(dim=1)  # [B, D]
             mean = summed / occupied.sum(dim=1, keepdim=True).clamp_min(1.0)
-            return p + self.config.alpha * mean
-        slots = self._feature_slots(memories)  # [B, K, D]
-        return p + self.config.alpha * torch.einsum("k,bkd->bd", self._z_mean, slots)
+            return p + self.config.alpha * mean, self._q
+        basis = self._retrieval_basis()
+        rows = kernels.feature_user_rows(p, self._feature_slots(memories), self.config.alpha)
+        return rows @ basis, self._retrieval_items
 
     def _exclusion(self, exclude: Sequence[Collection[str]]) -> tuple[torch.Tensor, torch.Tensor]:
         rows: list[int] = []
@@ -332,8 +351,8 @@ class Scorer:
                 logits[rows, cols] = -math.inf
                 top_logits, top_index = torch.topk(logits, min(k, self.num_items), dim=1)
             elif mode == "two-stage":
-                queries = self._retrieval_queries(user_ids, memories)  # [B, D]
-                coarse = queries @ self._q.T  # [B, N+1]
+                queries, item_vectors = self._retrieval(user_ids, memories)  # [B, R], [N+1, R]
+                coarse = queries @ item_vectors.T  # [B, N+1]
                 coarse[:, PAD] = -math.inf
                 coarse[rows, cols] = -math.inf
                 _, cands = torch.topk(coarse, min(candidates, self.num_items), dim=1)  # [B, C]

@@ -176,11 +176,11 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_goes_on(
     reasons = [dict(r.headers)["rum-reason"].decode() for r in dead]
     assert reasons == [reason for reason, *_ in BAD_RECORDS]
     for record, (_reason, key, value, _sent_headers) in zip(dead, BAD_RECORDS, strict=True):
-        headers = dict(record.headers)
+        dlq_headers = dict(record.headers)
         assert record.key == key and record.value == value  # the original bytes
-        assert headers["rum-source-topic"].decode() == deployment.purchases
-        assert int(headers["rum-source-offset"]) >= 0
-        assert headers["rum-stage"] in (b"decode", b"validate")
+        assert dlq_headers["rum-source-topic"].decode() == deployment.purchases
+        assert int(dlq_headers["rum-source-offset"]) >= 0
+        assert dlq_headers["rum-stage"] in (b"decode", b"validate")
     assert status == 200
     assert state["events_applied"] == len(BAD_RECORDS) + 1
     assert 'rum_dead_letters_total{reason="undecodable"} 1.0' in metrics
