@@ -96,13 +96,15 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         store=store,
         datadir=settings.data_dir,
         web_port=settings.web_port,
-        web_bind=settings.web_host,
+        web_bind=settings.web_bind,
         web_host=settings.web_host,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         processing_guarantee=settings.processing_guarantee,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=max(1000, settings.batch_size),
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         autodiscover=False,
         # Every topic and the table carry bytes the worker encodes itself: a
         # decoding error is then ours to dead-letter, never a crashed agent.

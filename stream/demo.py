@@ -485,10 +485,9 @@ def _run(args: argparse.Namespace, plan: Plan, started: Started, begun: float) -
         "RUM_TOPK": str(TOP_K),
         "RUM_EMIT": "user",
         "RUM_LOG_LEVEL": "warning",
-        # Faust reads these itself. The embedded broker answers a group join only
-        # after half the session timeout: 30 s with Faust's default of 60 s, 5 s here.
-        "BROKER_SESSION_TIMEOUT": "10",
-        "BROKER_REBALANCE_TIMEOUT": "10",
+        # The embedded broker answers a group join only after half the session
+        # timeout: 5 s with this one.
+        "RUM_SESSION_TIMEOUT_S": "10",
     }
     worker_log = workdir / "worker.log"
     with worker_log.open("wb") as log:

@@ -45,7 +45,17 @@ class Settings:
         "RUM_DATA_DIR", "var/worker", "worker data directory (RocksDB state); one per worker"
     )
     web_port: int = _setting("RUM_WEB_PORT", 6066, "HTTP port of this worker; one per worker")
-    web_host: str = _setting("RUM_WEB_HOST", "127.0.0.1", "HTTP bind address")
+    web_host: str = _setting(
+        "RUM_WEB_HOST", "127.0.0.1", "host name other workers reach this one at (request routing)"
+    )
+    web_bind: str = _setting(
+        "RUM_WEB_BIND", "127.0.0.1", "HTTP bind address (`0.0.0.0` in a container)"
+    )
+    session_timeout_s: float = _setting(
+        "RUM_SESSION_TIMEOUT_S",
+        10.0,
+        "consumer-group session timeout: how soon a dead worker's partitions move on",
+    )
     topic_purchases: str = _setting("RUM_TOPIC_PURCHASES", "purchases", "input topic")
     topic_recommendations: str = _setting(
         "RUM_TOPIC_RECOMMENDATIONS", "recommendations", "output topic"
