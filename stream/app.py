@@ -22,6 +22,7 @@ from faust.web import Request, Response, View
 
 from model.serving import Scorer
 from stream.events import Position
+from stream.faults import failpoint
 from stream.logs import get_logger
 from stream.metrics import Metrics
 from stream.processing import (
@@ -180,6 +181,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         records = [_record(event) for event in events]
         metrics.batch_size.observe(len(records))
         batch = apply_batch(records, load_state, scorer, settings)
+        failpoint("after_apply")
         for outcome, count in batch.outcomes.items():
             metrics.events.labels(outcome.split(":", 1)[0]).inc(count)
         metrics.duplicates.inc(batch.outcomes["duplicate"] + batch.outcomes["stale"])
@@ -190,6 +192,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             # point it at this user's own record (a batch spans partitions).
             stream._set_current_event(events[batch.last_index[user_id]])
             states[user_id.encode()] = encode_state(state, scorer)
+        failpoint("after_state_write")
         if not batch.requests:
             return
         started = time.perf_counter()
@@ -209,6 +212,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 if ts_ms:
                     metrics.lag_seconds.observe(max(0.0, (now_ms - ts_ms) / 1000))
         metrics.recommendations.inc(len(messages))
+        failpoint("after_send")
 
     @app.agent(purchases, name="rum-purchases")
     async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
