@@ -123,6 +123,7 @@ class Scorer:
             self._memory0 = _frozen(weights["memory0"].numpy())
             self._table = kernels.feature_item_table(self._q, self._z)  # [N+1, D + K·D]
         self._basis: torch.Tensor | None = None
+        self._slot_cache: dict[int, tuple[Reason, ...]] = {}
         self._retrieval_items = self._q
 
     # --- construction ---------------------------------------------------------------
@@ -365,17 +366,18 @@ class Scorer:
                 raise ValueError(msg)
             reasons = self._reasons(memories, top_index)
         out: list[list[Recommendation]] = []
-        for b in range(batch):
+        raw = self.items.raw
+        for b, (row_logits, row_index) in enumerate(
+            zip(top_logits.tolist(), top_index.tolist(), strict=True)
+        ):
             if self.is_empty(memories[b]) and not self.knows_user(user_ids[b]):
                 out.append(self.popular(k, exclude[b]))
                 continue
             recs = []
-            for j in range(top_index.shape[1]):
-                logit = float(top_logits[b, j])
+            for j, (logit, index) in enumerate(zip(row_logits, row_index, strict=True)):
                 if logit == -math.inf:
                     break
-                item = self.items.raw(int(top_index[b, j]))
-                recs.append(Recommendation(item, _sigmoid(logit), reasons[b][j]))
+                recs.append(Recommendation(raw(index), _sigmoid(logit), reasons[b][j]))
             out.append(recs)
         return out
 
@@ -383,35 +385,33 @@ class Scorer:
         self, memories: Sequence[Memory], top_index: torch.Tensor
     ) -> list[list[tuple[Reason, ...]]]:
         """Explanations for recommended rows top_index [B, k]."""
-        batch, k = top_index.shape
         if self.variant == "feature":
-            z = self._z[top_index]  # [B, k, K]
-            weights, slots = torch.topk(z, min(FEATURE_REASONS, self.slots), dim=-1)
-            return [
-                [
-                    tuple(
-                        Reason(f"slot:{int(s)}", float(w))
-                        for w, s in zip(weights[b, j], slots[b, j], strict=True)
-                    )
-                    for j in range(k)
-                ]
-                for b in range(batch)
-            ]
+            return [[self._slot_reasons(i) for i in row] for row in top_index.tolist()]
         window = self._item_window(memories)  # [B, K]
         _, z = kernels.item_attention(
             self._q[top_index], self._q[window], window > 0, self.config.beta
         )  # [B, k, K]
         out: list[list[tuple[Reason, ...]]] = []
-        for b, memory in enumerate(memories):
+        for memory, z_rows in zip(memories, z.tolist(), strict=True):
             assert isinstance(memory, tuple)
-            stored = list(memory[-self.slots :])
+            stored = memory[-self.slots :]
             per_item = []
-            for j in range(k):
-                pairs = [(stored[s], float(z[b, j, s])) for s in range(len(stored))]
-                pairs.sort(key=lambda pair: -pair[1])
+            for z_row in z_rows:
+                # z_row has K entries; only the first len(stored) slots are occupied.
+                pairs = sorted(zip(stored, z_row, strict=False), key=lambda pair: -pair[1])
                 per_item.append(tuple(Reason(i, w) for i, w in pairs))
             out.append(per_item)
         return out
+
+    def _slot_reasons(self, index: int) -> tuple[Reason, ...]:
+        """Feature-level: the item's strongest slots z_ik; they depend on the item only (cached)."""
+        cached = self._slot_cache.get(index)
+        if cached is None:
+            weights, slots = torch.topk(self._z[index], min(FEATURE_REASONS, self.slots))
+            pairs = zip(weights.tolist(), slots.tolist(), strict=True)
+            cached = tuple(Reason(f"slot:{s}", w) for w, s in pairs)
+            self._slot_cache[index] = cached
+        return cached
 
     def popular(self, k: int, exclude: Collection[str]) -> list[Recommendation]:
         """The k most frequent training items not in ``exclude``; score = share of events."""
