@@ -107,6 +107,18 @@ def _worker(args: argparse.Namespace) -> int:
     return worker_main(args)
 
 
+def _trainer(args: argparse.Namespace) -> int:
+    from stream.trainer import trainer_main
+
+    return trainer_main(args)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from stream.models import models_main
+
+    return models_main(args)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from stream.replay import replay_main
 
@@ -123,6 +135,12 @@ def _settings_table(args: argparse.Namespace) -> int:
     from stream.readme import settings_table_main
 
     return settings_table_main(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from stream.bench import bench_main
+
+    return bench_main(args)
 
 
 def _add_replay_demo_docs(commands: argparse._SubParsersAction) -> None:
@@ -157,7 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a streaming worker (Faust)")
     add_worker_options(worker)
     worker.set_defaults(handler=_worker)
+    from stream.models import add_models_options
+    from stream.trainer import add_trainer_options
+
+    trainer = commands.add_parser(
+        "trainer", help="fine-tune from the purchases topic and publish new versions (guarded)"
+    )
+    add_trainer_options(trainer)
+    trainer.set_defaults(handler=_trainer)
+    models = commands.add_parser("models", help="list model versions, promote one (rollback)")
+    add_models_options(models)
+    models.set_defaults(handler=_models)
     _add_replay_demo_docs(commands)
+    from stream.bench import add_bench_options
+
+    bench = commands.add_parser("bench", help="measure the figures of BENCHMARKS.md")
+    add_bench_options(bench)
+    bench.set_defaults(handler=_bench)
     for name, (_module, _function, text) in DELEGATED.items():
         commands.add_parser(name, help=text, add_help=False)
     return parser
