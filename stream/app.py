@@ -180,7 +180,13 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         scorer = runtime.scorer
         records = [_record(event) for event in events]
         metrics.batch_size.observe(len(records))
-        batch = apply_batch(records, load_state, scorer, settings)
+        def load_for_record(user_id: str, index: int) -> UserState | None:
+            # RocksDB keeps one database per partition and reads the current event's:
+            # point it at this user's own record (a batch spans partitions).
+            stream._set_current_event(events[index])
+            return load_state(user_id)
+
+        batch = apply_batch(records, load_for_record, scorer, settings)
         failpoint("after_apply")
         for outcome, count in batch.outcomes.items():
             metrics.events.labels(outcome.split(":", 1)[0]).inc(count)

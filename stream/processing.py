@@ -59,12 +59,16 @@ def limits_of(settings: Settings) -> Limits:
 
 def apply_batch(
     records: Sequence[Record],
-    load_state: Callable[[str], UserState | None],
+    load_state: Callable[[str, int], UserState | None],
     scorer: Scorer,
     settings: Settings,
     now: float | None = None,
 ) -> AppliedBatch:
-    """Validate and apply every record in arrival order; decide what to score."""
+    """Validate and apply every record in arrival order; decide what to score.
+
+    ``load_state(user_id, index)`` reads a stored state; ``index`` is the record
+    being applied (its partition is the user's: the key is checked first).
+    """
     now = time.time() if now is None else now
     limits = limits_of(settings)
     batch = AppliedBatch()
@@ -85,7 +89,7 @@ def apply_batch(
             batch.outcomes[f"dead_letter:{parsed.reason}"] += 1
             continue
         user = parsed.user_id
-        state = batch.states[user] if user in batch.states else load_state(user)
+        state = batch.states[user] if user in batch.states else load_state(user, index)
         state, outcome = apply_purchase(state, parsed, scorer, limits)
         batch.states[user] = state
         batch.last_index[user] = index

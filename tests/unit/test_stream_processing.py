@@ -15,7 +15,7 @@ def run(records, variant="item", store=None, **changes):
     scorer = tiny_scorer(variant)
     store = {} if store is None else store
     conf = settings(**changes)
-    batch = apply_batch(records, store.get, scorer, conf, now=2e9)
+    batch = apply_batch(records, lambda user, _index: store.get(user), scorer, conf, now=2e9)
     messages = score_requests(batch.requests, scorer, conf)
     store.update(batch.states)
     return scorer, batch, messages
