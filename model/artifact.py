@@ -208,3 +208,90 @@ def load_artifact(artifact_dir: str | Path) -> Artifact:
         settings=dict(raw_config.get("training", {})),
         metrics=metrics,
     )
+
+
+# --- model stores ---------------------------------------------------------------------
+#
+# A model store is a directory of artifact directories. The trainer names each
+# published version ``<UTC time>-<version>`` (``20250101T120000.000000Z-rum-feature-…``),
+# strictly later than every name already there, so "newest" is the name order and
+# survives copies that reset modification times. Other entries (``rum train --out
+# STORE/seed``) sort by their config file's modification time.
+
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+_STAMP_LENGTH = len("20250101T120000.000000Z")
+
+
+def _stamp_time(name: str) -> float | None:
+    from datetime import UTC, datetime
+
+    try:
+        stamp = datetime.strptime(name[:_STAMP_LENGTH], STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return stamp.timestamp()
+
+
+def _entry_order(entry: Path) -> tuple[float, str]:
+    stamped = _stamp_time(entry.name)
+    return (stamped if stamped is not None else (entry / CONFIG).stat().st_mtime, entry.name)
+
+
+def store_entries(store: str | Path) -> list[Path]:
+    """The artifact directories of a store, oldest first (hidden temporaries excluded)."""
+    root = Path(store)
+    if not root.is_dir():
+        return []
+    entries = [
+        child
+        for child in root.iterdir()
+        if not child.name.startswith(".") and (child / CONFIG).is_file()
+    ]
+    return sorted(entries, key=_entry_order)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """An artifact directory as it is, or the newest artifact in a model store."""
+    root = Path(path)
+    if (root / CONFIG).is_file():
+        return root
+    if not root.is_dir():
+        msg = f"model directory {root} does not exist; train a model with `rum train --out {root}`"
+        raise ArtifactError(msg)
+    entries = store_entries(root)
+    if not entries:
+        msg = f"model store {root} holds no model artifact (no */{CONFIG}); train one first"
+        raise ArtifactError(msg)
+    return entries[-1]
+
+
+def artifact_version(artifact_dir: str | Path) -> str | None:
+    """The version string in an artifact's config, or None when it cannot be read."""
+    try:
+        raw = json.loads((Path(artifact_dir) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    version = raw.get("version") if isinstance(raw, dict) else None
+    return str(version) if version is not None else None
+
+
+def find_in_store(store: str | Path, version: str) -> Path | None:
+    """The newest artifact of ``store`` whose config names ``version``."""
+    for entry in reversed(store_entries(store)):
+        if artifact_version(entry) == version:
+            return entry
+    return None
+
+
+def new_store_entry(store: str | Path, version: str, now: float | None = None) -> Path:
+    """Where to publish ``version``: ``STORE/<UTC time>-<version>``, later than every entry."""
+    import time
+    from datetime import UTC, datetime
+
+    root = Path(store)
+    moment = time.time() if now is None else now
+    stamped = [t for t in (_stamp_time(e.name) for e in store_entries(root)) if t is not None]
+    if stamped and moment <= max(stamped):
+        moment = max(stamped) + 1e-6  # the clock went back: stay in order
+    stamp = datetime.fromtimestamp(moment, tz=UTC).strftime(STAMP_FORMAT)
+    return root / f"{stamp}-{version}"
