@@ -216,7 +216,8 @@ def load_artifact(artifact_dir: str | Path) -> Artifact:
 # published version ``<UTC time>-<version>`` (``20250101T120000.000000Z-rum-feature-…``),
 # strictly later than every name already there, so "newest" is the name order and
 # survives copies that reset modification times. Other entries (``rum train --out
-# STORE/seed``) sort by their config file's modification time.
+# STORE/seed``) sort before every published one, by their config file's modification
+# time: a hand-placed artifact becomes current through ``rum models promote``.
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 _STAMP_LENGTH = len("20250101T120000.000000Z")
@@ -232,9 +233,11 @@ def _stamp_time(name: str) -> float | None:
     return stamp.timestamp()
 
 
-def _entry_order(entry: Path) -> tuple[float, str]:
+def _entry_order(entry: Path) -> tuple[bool, float, str]:
     stamped = _stamp_time(entry.name)
-    return (stamped if stamped is not None else (entry / CONFIG).stat().st_mtime, entry.name)
+    if stamped is not None:
+        return (True, stamped, entry.name)
+    return (False, (entry / CONFIG).stat().st_mtime, entry.name)
 
 
 def store_entries(store: str | Path) -> list[Path]:

@@ -3,6 +3,12 @@
 ``create_app(settings, scorer)`` builds the app; nothing connects or loads at
 import. The agent does I/O only: the batch logic is in :mod:`stream.processing`
 and the state transition in :mod:`stream.state`.
+
+Model versions are swapped in without a restart: a task follows the models topic
+(:mod:`stream.models`) with its own group-less consumer, loads an announced
+artifact in a loader thread, and assigns ``runtime.scorer``. Each batch reads
+``runtime.scorer`` once, when it starts, so a swap lands between two batches;
+offsets are untouched, so no event is lost or applied twice.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from stream.events import Position
 from stream.faults import failpoint
 from stream.logs import get_logger
 from stream.metrics import Metrics
+from stream.models import Announcement, AnnouncementError, load_announced
 from stream.processing import (
     AppliedBatch,
     Record,
@@ -66,6 +73,62 @@ class Runtime:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="rum-score")
     )
+    # Loading a new version must not hold up scoring: its own thread.
+    loader: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="rum-load")
+    )
+    refused: dict[str, Any] | None = None  # the last announcement refused, for /health
+
+    async def adopt(self, announcement: Announcement) -> bool:
+        """Load, check and swap in an announced version; False (logged) when refused.
+
+        The current version keeps serving while the new one loads, and stays when
+        the new one is refused.
+        """
+        current = self.scorer
+        if announcement.version == current.version:
+            return False
+        loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        try:
+            scorer = await loop.run_in_executor(
+                self.loader, load_announced, announcement, self.settings.model_dir
+            )
+        except Exception as exc:  # any unusable artifact: refuse it, keep serving
+            self.metrics.model_announcements.labels("refused").inc()
+            self.refused = {
+                "version": announcement.version,
+                "uri": announcement.uri,
+                "offset": announcement.offset,
+                "error": str(exc),
+            }
+            log.error(
+                "model_refused",
+                version=announcement.version,
+                uri=announcement.uri,
+                error=str(exc),
+                keeping=current.version,
+                topic=self.settings.topic_models,
+                partition=0,
+                offset=announcement.offset,
+            )
+            return False
+        self.scorer = scorer  # the next batch reads it
+        self.metrics.model_announcements.labels("swapped").inc()
+        self.metrics.serving(scorer.version, scorer.variant, (current.version, current.variant))
+        log.info(
+            "model_swapped",
+            version=scorer.version,
+            previous=current.version,
+            variant=scorer.variant,
+            items=scorer.num_items,
+            users=scorer.users.size,
+            load_seconds=round(time.perf_counter() - began, 3),
+            reason=announcement.reason,
+            topic=self.settings.topic_models,
+            offset=announcement.offset,
+        )
+        return True
 
 
 def _headers(raw: Any) -> list[tuple[str, bytes]]:
@@ -90,7 +153,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     """The worker app; ``store="memory://"`` serves Faust's in-memory agent tests."""
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(settings=settings, scorer=scorer)
-    runtime.metrics.model_info.labels(scorer.version, scorer.variant).set(1)
+    runtime.metrics.serving(scorer.version, scorer.variant, None)
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
@@ -138,12 +201,12 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     runtime.send_recommendation = to_recommendations
     runtime.send_dead_letter = to_dead_letters
 
-    def load_state(user_id: str) -> UserState | None:
+    def load_state(user_id: str, scorer: Scorer) -> UserState | None:
         raw = states.get(user_id.encode())
         if raw is None:
             return None
         try:
-            return decode_state(raw, runtime.scorer)
+            return decode_state(raw, scorer)
         except StateDecodeError as exc:
             # The stored value is kept in the changelog history; starting the user
             # afresh beats stopping every user of the partition.
@@ -177,14 +240,16 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
     async def handle(stream: faust.Stream[Any], events: list[faust.types.EventT]) -> None:
         metrics = runtime.metrics
+        # Read once: a model swapped in while this batch awaits lands on the next batch.
         scorer = runtime.scorer
         records = [_record(event) for event in events]
         metrics.batch_size.observe(len(records))
+
         def load_for_record(user_id: str, index: int) -> UserState | None:
             # RocksDB keeps one database per partition and reads the current event's:
             # point it at this user's own record (a batch spans partitions).
             stream._set_current_event(events[index])
-            return load_state(user_id)
+            return load_state(user_id, scorer)
 
         batch = apply_batch(records, load_for_record, scorer, settings)
         failpoint("after_apply")
@@ -253,7 +318,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             msg = f"user_id must have 1 to {settings.max_id_length} characters"
             return web.json({"error": msg}, status=400)
         scorer = runtime.scorer
-        state = load_state(user_id)
+        state = load_state(user_id, scorer)
         if state is not None:
             state = refresh(state, scorer)
         memory = state.memory if state is not None else scorer.empty_memory()
@@ -291,6 +356,8 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             "assigned_partitions": len(app.consumer.assignment()) if assigned else 0,
             "recovered": recovered,
             "model_version": runtime.scorer.version,
+            "model_variant": runtime.scorer.variant,
+            "model_refused": runtime.refused,
         }
         return web.json(body, status=200 if ok else 503)
 
@@ -298,8 +365,70 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     async def metrics_view(web: View, request: Request) -> Response:
         return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
+    @app.task
+    async def follow_models() -> None:
+        await follow_announcements(runtime)
+
     _RUNTIMES[id(app)] = runtime
     return app
+
+
+async def follow_announcements(runtime: Runtime, retry_s: float = 5.0) -> None:
+    """Follow the models topic for the life of the worker, without a consumer group.
+
+    It reads from the beginning (compacted: one record per version), so a worker
+    learns the current version when it starts; within what one fetch returns only
+    the last announcement counts (earlier ones are already superseded).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    settings = runtime.settings
+    topic = settings.topic_models
+    while True:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id=f"{settings.app_id}-models",
+        )
+        try:
+            await consumer.start()
+            ids = consumer.partitions_for_topic(topic)
+            if not ids:
+                await consumer.stop()
+                log.warning("models_topic_missing", topic=topic, retry_s=retry_s)
+                await asyncio.sleep(retry_s)
+                continue
+            partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            log.info("models_following", topic=topic, serving=runtime.scorer.version)
+            while True:
+                fetched = await consumer.getmany(*partitions, timeout_ms=1000)
+                latest: Announcement | None = None
+                for records in fetched.values():
+                    for record in records:
+                        try:
+                            latest = Announcement.from_bytes(record.value, record.offset)
+                        except AnnouncementError as exc:
+                            log.warning(
+                                "announcement_skipped",
+                                error=str(exc),
+                                topic=record.topic,
+                                partition=record.partition,
+                                offset=record.offset,
+                            )
+                if latest is not None:
+                    await runtime.adopt(latest)
+        except asyncio.CancelledError:
+            raise
+        except KafkaError as exc:
+            log.error("models_follow_failed", error=repr(exc), topic=topic, retry_s=retry_s)
+            await asyncio.sleep(retry_s)
+        finally:
+            await consumer.stop()
 
 
 _RUNTIMES: dict[int, Runtime] = {}

@@ -45,6 +45,18 @@ class Metrics:
         self.model_info = Gauge(
             "rum_model_loaded", "1 for the model version in use", ["version", "variant"], registry=r
         )
+        self.model_announcements = Counter(
+            "rum_model_announcements",
+            "model announcements acted on: swapped in, or refused (artifact unusable)",
+            ["outcome"],
+            registry=r,
+        )
+
+    def serving(self, version: str, variant: str, previous: tuple[str, str] | None) -> None:
+        """Point ``rum_model_loaded`` at the version now in use."""
+        if previous is not None and previous != (version, variant):
+            self.model_info.remove(*previous)
+        self.model_info.labels(version, variant).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

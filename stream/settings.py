@@ -61,6 +61,11 @@ class Settings:
         "RUM_TOPIC_RECOMMENDATIONS", "recommendations", "output topic"
     )
     topic_dlq: str = _setting("RUM_TOPIC_DLQ", "purchases.dlq", "dead-letter topic")
+    topic_models: str = _setting(
+        "RUM_TOPIC_MODELS",
+        "rum-models",
+        "compacted topic of model announcements (trainer writes, workers follow)",
+    )
     partitions: int = _setting(
         "RUM_PARTITIONS", 4, "partitions of the input topic and the state table"
     )
@@ -106,6 +111,32 @@ class Settings:
     )
     torch_threads: int = _setting("RUM_TORCH_THREADS", 1, "torch intra-op threads for scoring")
     log_level: str = _setting("RUM_LOG_LEVEL", "info", "log level")
+    trainer_every_min: float = _setting(
+        "RUM_TRAINER_EVERY_MIN",
+        60.0,
+        "trainer: a cycle every this many minutes when new events arrived (0: off)",
+    )
+    trainer_every_events: int = _setting(
+        "RUM_TRAINER_EVERY_EVENTS",
+        0,
+        "trainer: a cycle as soon as this many new events arrived (0: off)",
+    )
+    trainer_window_days: float = _setting(
+        "RUM_TRAINER_WINDOW_DAYS",
+        0.0,
+        "trainer: fit the last T days before the newest event (0: every retained event)",
+    )
+    trainer_epochs: int = _setting("RUM_TRAINER_EPOCHS", 2, "trainer: fine-tuning epochs")
+    trainer_lr: float = _setting("RUM_TRAINER_LR", 5e-4, "trainer: fine-tuning learning rate")
+    trainer_tolerance: float = _setting(
+        "RUM_TRAINER_TOLERANCE",
+        0.005,
+        "trainer: publish unless HR@10 or NDCG@10 on the held-out tail drops by more",
+    )
+    trainer_data_dir: str = _setting(
+        "RUM_TRAINER_DATA_DIR", "var/trainer", "trainer: where it keeps its offsets (JSON)"
+    )
+    trainer_threads: int = _setting("RUM_TRAINER_THREADS", 2, "trainer: torch CPU threads")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -137,11 +168,24 @@ class Settings:
             "history",
             "dedupe_ring",
             "web_port",
+            "trainer_threads",
         ):
             if getattr(self, name) < 1:
                 env = self.__dataclass_fields__[name].metadata["env"]
                 msg = f"{env}={getattr(self, name)}: must be at least 1"
                 raise SettingsError(msg)
+        for name in ("trainer_every_min", "trainer_every_events", "trainer_window_days"):
+            if getattr(self, name) < 0:
+                env = self.__dataclass_fields__[name].metadata["env"]
+                msg = f"{env}={getattr(self, name)}: must be 0 (off) or positive"
+                raise SettingsError(msg)
+        if self.trainer_epochs < 0 or self.trainer_tolerance < 0 or self.trainer_lr <= 0:
+            msg = (
+                "RUM_TRAINER_EPOCHS and RUM_TRAINER_TOLERANCE must be >= 0 and "
+                f"RUM_TRAINER_LR > 0 (got {self.trainer_epochs}, {self.trainer_tolerance}, "
+                f"{self.trainer_lr})"
+            )
+            raise SettingsError(msg)
 
     @property
     def kafka_bootstrap(self) -> str:

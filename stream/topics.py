@@ -10,6 +10,8 @@ from kafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
 
+MODELS_CONFIG = {"cleanup.policy": "compact"}
+
 
 class TopicLayoutError(RuntimeError):
     """An existing topic has a partition count the deployment cannot use; the message says
@@ -17,7 +19,8 @@ class TopicLayoutError(RuntimeError):
 
 
 def ensure_topics(settings: Settings, replication: int = 1) -> None:
-    """Create the input, output and dead-letter topics if missing; check the input's partitions.
+    """Create the input, output, dead-letter and models topics if missing; check the input's
+    partitions.
 
     The state table is co-partitioned with ``purchases``, so their counts must match.
     """
@@ -34,6 +37,11 @@ def ensure_topics(settings: Settings, replication: int = 1) -> None:
                 # Another worker may create it first.
                 with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([NewTopic(name, settings.partitions, replication)])
+        if settings.topic_models not in existing:
+            # One partition, compacted: the last record is the current model version.
+            models = NewTopic(settings.topic_models, 1, replication, topic_configs=MODELS_CONFIG)
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([models])
         described = admin.describe_topics([settings.topic_purchases])
         partitions = len(described[0]["partitions"]) if described else 0
         if partitions and partitions != settings.partitions:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.artifact import CONFIG, ArtifactError
+from model.artifact import ArtifactError, resolve_model_dir
 from model.options import add_option
 from model.serving import Scorer
 from stream.logs import configure_logging, get_logger
@@ -15,30 +15,8 @@ from stream.settings import Settings, SettingsError
 log = get_logger("rum.worker")
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """An artifact directory as it is, or the newest artifact in a model store.
-
-    A store is a directory of artifact directories; "newest" is the latest
-    modification time of their config file (publishing writes it last, atomically).
-    """
-    root = Path(path)
-    if (root / CONFIG).is_file():
-        return root
-    if not root.is_dir():
-        msg = f"RUM_MODEL_DIR={root} does not exist; train a model with `rum train --out {root}`"
-        raise ArtifactError(msg)
-    candidates = [
-        child
-        for child in root.iterdir()
-        if not child.name.startswith(".") and (child / CONFIG).is_file()
-    ]
-    if not candidates:
-        msg = f"RUM_MODEL_DIR={root} holds no model artifact (no */{CONFIG}); train one first"
-        raise ArtifactError(msg)
-    return max(candidates, key=lambda child: ((child / CONFIG).stat().st_mtime, child.name))
-
-
 def load_scorer(settings: Settings) -> Scorer:
+    """The newest artifact of ``RUM_MODEL_DIR`` (without asking Kafka)."""
     if not settings.model_dir:
         msg = "RUM_MODEL_DIR is not set: point it at a model artifact (rum train --out DIR)"
         raise ArtifactError(msg)
@@ -65,17 +43,20 @@ def worker_main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    try:
-        scorer = load_scorer(settings)
-    except ArtifactError as exc:
-        log.error("model_not_loaded", error=str(exc))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     from stream.topics import TopicLayoutError, ensure_topics
 
     try:
         ensure_topics(settings)
     except TopicLayoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from stream.models import initial_scorer
+
+    try:
+        # The current announcement on the models topic wins over the store's newest.
+        scorer, source = initial_scorer(settings)
+    except ArtifactError as exc:
+        log.error("model_not_loaded", error=str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from faust.worker import Worker
@@ -88,6 +69,7 @@ def worker_main(args: argparse.Namespace) -> int:
         app_id=settings.app_id,
         broker=settings.broker,
         model_version=scorer.version,
+        model_source=source,
         variant=scorer.variant,
         items=scorer.num_items,
         partitions=settings.partitions,
