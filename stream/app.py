@@ -42,6 +42,7 @@ from stream.processing import (
 )
 from stream.settings import Settings
 from stream.state import StateDecodeError, UserState, decode_state, encode_state, refresh
+from stream.tuning import faust_throughput_options
 
 log = get_logger("rum.worker")
 
@@ -174,6 +175,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         # decoding error is then ours to dead-letter, never a crashed agent.
         key_serializer="raw",
         value_serializer="raw",
+        **faust_throughput_options(settings),
     )
     purchases = app.topic(settings.topic_purchases, key_serializer="raw", value_serializer="raw")
     recommendations = app.topic(

@@ -74,7 +74,9 @@ def main() -> int:
     settings = Settings.from_env()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = create_naive_app(settings)
-    Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.spinner = None  # as the RUM worker: no DEBUG root logger for a terminal spinner
+    worker.execute_from_commandline()
     return 0
 
 
