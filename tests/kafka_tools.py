@@ -125,3 +125,26 @@ def running(worker: WorkerProcess) -> Iterator[WorkerProcess]:
 
 def web_port() -> int:
     return free_port()
+
+
+def read_all(bootstrap: str, topic: str, idle_polls: int = 3, **consumer_config: Any) -> list[Any]:
+    """Every record of ``topic`` now there: read until ``idle_polls`` polls bring nothing."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **consumer_config
+    )
+    records: list[Any] = []
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        idle = 0
+        while idle < idle_polls:
+            batch = consumer.poll(timeout_ms=1000)
+            idle = 0 if batch else idle + 1
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        consumer.close()
+    return records
