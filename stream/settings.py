@@ -71,7 +71,9 @@ class Settings:
     )
     k: int = _setting("RUM_TOPK", 10, "recommendations per message")
     max_k: int = _setting("RUM_MAX_K", 200, "largest `k` the HTTP endpoint accepts")
-    batch_size: int = _setting("RUM_MICRO_BATCH", 512, "largest micro-batch")
+    batch_size: int = _setting(
+        "RUM_MICRO_BATCH", 2048, "largest micro-batch (a backlog is worked off in big ones)"
+    )
     batch_wait_s: float = _setting(
         "RUM_MICRO_BATCH_WAIT_S", 0.02, "longest wait to fill a micro-batch (seconds)"
     )
