@@ -397,13 +397,11 @@ async def follow_announcements(runtime: Runtime, retry_s: float = 5.0) -> None:
         )
         try:
             await consumer.start()
-            ids = consumer.partitions_for_topic(topic)
-            if not ids:
-                await consumer.stop()
+            if topic not in await consumer.topics():
                 log.warning("models_topic_missing", topic=topic, retry_s=retry_s)
                 await asyncio.sleep(retry_s)
                 continue
-            partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+            partitions = [TopicPartition(topic, 0)]  # one partition: a total order of versions
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             log.info("models_following", topic=topic, serving=runtime.scorer.version)
@@ -424,13 +422,22 @@ async def follow_announcements(runtime: Runtime, retry_s: float = 5.0) -> None:
                             )
                 if latest is not None:
                     await runtime.adopt(latest)
-        except asyncio.CancelledError:
-            raise
         except KafkaError as exc:
             log.error("models_follow_failed", error=repr(exc), topic=topic, retry_s=retry_s)
             await asyncio.sleep(retry_s)
         finally:
-            await consumer.stop()
+            await _stop_consumer(consumer)
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the worker is stopping: let it
+        # aiokafka's group-less coordinator lets the cancellation of its own internal
+        # task escape from stop(); that must not end the follower.
 
 
 _RUNTIMES: dict[int, Runtime] = {}
