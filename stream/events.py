@@ -73,23 +73,24 @@ def decode_value(
     if content_type is not None and content_type not in JSON_TYPES | MSGPACK_TYPES:
         return Rejection("unknown_content_type", f"content-type {content_type!r}", "decode")
     if content_type in MSGPACK_TYPES:
-        fmt = "msgpack"
+        formats = ["msgpack"]
     elif content_type in JSON_TYPES:
-        fmt = "json"
+        formats = ["json"]
     elif settings.input_format != "auto":
-        fmt = settings.input_format
+        formats = [settings.input_format]
     else:
-        fmt = (
-            "json"
-            if value.lstrip()[:1] in (b"{", b"[", b'"') or value.strip() == b""
-            else "msgpack"
-        )
-    try:
-        if fmt == "json":
-            return json.loads(value)
-        return msgpack.unpackb(value, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
-        return Rejection("undecodable", f"not valid {fmt}: {exc}", "decode")
+        # JSON first: a JSON document is never valid msgpack's usual map form, and
+        # plain JSON values (``42``) must be read as JSON, not as msgpack integers.
+        formats = ["json", "msgpack"]
+    errors = []
+    for fmt in formats:
+        try:
+            if fmt == "json":
+                return json.loads(value)
+            return msgpack.unpackb(value, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+            errors.append(f"not valid {fmt}: {exc}")
+    return Rejection("undecodable", "; ".join(errors), "decode")
 
 
 def parse_timestamp(raw: Any, settings: Settings, now: float | None = None) -> float | Rejection:

@@ -60,6 +60,8 @@ BAD = [
     ("undecodable", b'{"user_id": "u1", '),
     ("not_object", js([1, 2, 3])),
     ("not_object", js("just a string")),
+    ("not_object", b"42"),  # valid JSON, not msgpack's integer 0x34 plus junk
+    ("undecodable", b""),
     ("missing_user_id", js({"item_id": "i", "ts": 1})),
     ("missing_user_id", js({"user_id": "  ", "item_id": "i", "ts": 1})),
     ("missing_item_id", js({"user_id": "u1", "ts": 1})),
