@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,6 +139,10 @@ def _validator(split: Split) -> Validator:
     return validate
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def train_main(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     device = _setup_torch(args.threads, args.seed)
@@ -168,12 +173,16 @@ def train_main(argv: list[str]) -> int:
         f"variant {cfg.variant}, device {device}, {args.threads} threads",
         file=sys.stderr,
     )
-    result = train(
-        fit,
-        cfg,
-        None if args.all else _validator(split),
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM keeps the best epoch too
+    try:
+        result = train(
+            fit,
+            cfg,
+            None if args.all else _validator(split),
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     settings = {
         **cfg.to_dict(),
         "data": str(Path(args.data).resolve()),

@@ -265,41 +265,49 @@ def train(
     best_score, best_epoch, best_valid = -math.inf, 0, {}
     best_state = copy.deepcopy(net.state_dict())
     stale = 0
-    for epoch in range(1, cfg.epochs + 1):
-        net.train()
-        began = time.perf_counter()
-        with tqdm(
-            total=n_steps, desc=f"epoch {epoch}", unit="ev", disable=not cfg.progress, leave=False
-        ) as bar:
-            if isinstance(net, ItemRUM):
-                loss = _epoch_item(net, opt, samples, sampler, cfg, rng, bar)
-            else:
-                loss = _epoch_feature(net, opt, seqs, sampler, cfg, rng, bar)
-        seconds = time.perf_counter() - began
-        row: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": seconds}
-        net.eval()
-        if validate is not None:
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            net.train()
             began = time.perf_counter()
-            valid = validate(net, users, items, popularity)
-            row.update({f"valid_{k}": v for k, v in valid.items()})
-            row["valid_seconds"] = time.perf_counter() - began
-            score = valid["ndcg@10"]
-            if score > best_score:
-                best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
-                best_state = copy.deepcopy(net.state_dict())
+            with tqdm(
+                total=n_steps,
+                desc=f"epoch {epoch}",
+                unit="ev",
+                disable=not cfg.progress,
+                leave=False,
+            ) as bar:
+                if isinstance(net, ItemRUM):
+                    loss = _epoch_item(net, opt, samples, sampler, cfg, rng, bar)
+                else:
+                    loss = _epoch_feature(net, opt, seqs, sampler, cfg, rng, bar)
+            seconds = time.perf_counter() - began
+            row: dict[str, float] = {"epoch": epoch, "loss": loss, "seconds": seconds}
+            net.eval()
+            if validate is not None:
+                began = time.perf_counter()
+                valid = validate(net, users, items, popularity)
+                row.update({f"valid_{k}": v for k, v in valid.items()})
+                row["valid_seconds"] = time.perf_counter() - began
+                score = valid["ndcg@10"]
+                if score > best_score:
+                    best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
+                    best_state = copy.deepcopy(net.state_dict())
+                else:
+                    stale += 1
+                log(
+                    f"epoch {epoch}: loss {loss:.4f} ({seconds:.1f}s) valid ndcg@10 {score:.4f} "
+                    f"hr@10 {valid['hr@10']:.4f} (best epoch {best_epoch})"
+                )
             else:
-                stale += 1
-            log(
-                f"epoch {epoch}: loss {loss:.4f} ({seconds:.1f}s) valid ndcg@10 {score:.4f} "
-                f"hr@10 {valid['hr@10']:.4f} (best epoch {best_epoch})"
-            )
-        else:
-            best_epoch, best_state = epoch, copy.deepcopy(net.state_dict())
-            log(f"epoch {epoch}: loss {loss:.4f} ({seconds:.1f}s)")
-        history.append(row)
-        if validate is not None and stale >= cfg.patience:
-            log(f"early stop: no validation gain for {cfg.patience} epochs")
-            break
+                best_epoch, best_state = epoch, copy.deepcopy(net.state_dict())
+                log(f"epoch {epoch}: loss {loss:.4f} ({seconds:.1f}s)")
+            history.append(row)
+            if validate is not None and stale >= cfg.patience:
+                log(f"early stop: no validation gain for {cfg.patience} epochs")
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C / SIGTERM: keep the best validated epoch so far rather than losing the run.
+        log(f"interrupted after {len(history)} epochs; keeping the best epoch ({best_epoch})")
     net.load_state_dict(best_state)
     net.eval()
     net.cpu()
