@@ -722,7 +722,7 @@ def bench_stream(args: argparse.Namespace) -> Figures:
             "worker_rss_mb": round(max(r.rss_mb for r in rum), 1),
         }
     )
-    if workload.variant == "feature":
+    if workload.variant == "feature" and args.scoring == "exact":
         # events/s x 2·N·K·D against a plain matmul of the exact kernel's shape, same run.
         threads = os.cpu_count() or 1
         inner = (scorer.slots + 1) * scorer.dim
