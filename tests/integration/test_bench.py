@@ -45,7 +45,7 @@ def bench(args: list[str], bootstrap: str, tmp: Path, results: Path) -> dict[str
 def test_bench_subcommands_report_sane_figures(kafka_bootstrap, tmp_path, shared_data):
     results = tmp_path / "results.jsonl"
     stream = bench(
-        ["stream", "--workload", "w1", "--variant", "feature", "--data",
+        ["stream", "--workload", "w1", "--variant", "feature", "--scoring", "exact", "--data",
          str(shared_data / "amazon-beauty" / "events.csv")],
         kafka_bootstrap,
         tmp_path,
