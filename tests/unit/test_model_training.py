@@ -154,3 +154,17 @@ def test_evaluate_command_prints_flat_json_and_writes_a_report(
         == 0
     )
     assert "hr@10" in json.loads(capsys.readouterr().out)
+
+
+def test_interrupt_keeps_the_best_epoch_so_far() -> None:
+    scores = iter([0.2, 0.4])
+
+    def validate(net, users, items, popularity):
+        score = next(scores, None)
+        if score is None:
+            raise KeyboardInterrupt
+        return {"ndcg@10": score, "hr@10": 0.0}
+
+    cfg = TrainConfig(variant="feature", dim=4, slots=2, epochs=10, progress=False)
+    result = train(chain_log(), cfg, validate, log=lambda _: None)
+    assert result.best_epoch == 2 and len(result.history) == 2
