@@ -43,7 +43,9 @@ def read_topic(
     Manual assignment (no group) works on Apache Kafka and on the embedded broker.
     Raises ``TimeoutError`` listing what arrived when the condition is not met in time.
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
     records: list[Any] = []
     try:
         deadline = time.monotonic() + timeout_s
@@ -56,7 +58,7 @@ def read_topic(
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
+            for batch in consumer.poll(timeout_ms=1000).values():
                 records.extend(batch)
             if until(records):
                 return records
