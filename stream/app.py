@@ -14,15 +14,18 @@ offsets are untouched, so no event is lost or applied twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
 import torch
+from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
@@ -150,6 +153,23 @@ def _record(event: faust.types.EventT) -> Record:
     )
 
 
+@contextlib.contextmanager
+def as_current_event(event: faust.types.EventT) -> Iterator[None]:
+    """Make ``event`` the one tables see as current (its partition picks the RocksDB
+    database and the changelog partition), for this task only.
+
+    Only faust's context variable is set, never ``Stream.current_event``: the
+    micro-batch buffer (``take_events``) reads that attribute to pair each buffered
+    value with its event, and pointing it at an older record made the buffer take
+    one record twice and lose another.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") -> faust.App:
     """The worker app; ``store="memory://"`` serves Faust's in-memory agent tests."""
     torch.set_num_threads(settings.torch_threads)
@@ -250,8 +270,8 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         def load_for_record(user_id: str, index: int) -> UserState | None:
             # RocksDB keeps one database per partition and reads the current event's:
             # point it at this user's own record (a batch spans partitions).
-            stream._set_current_event(events[index])
-            return load_state(user_id, scorer)
+            with as_current_event(events[index]):
+                return load_state(user_id, scorer)
 
         batch = apply_batch(records, load_for_record, scorer, settings)
         failpoint("after_apply")
@@ -263,8 +283,8 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         for user_id, state in batch.states.items():
             # The table writes its changelog to the partition of the current event:
             # point it at this user's own record (a batch spans partitions).
-            stream._set_current_event(events[batch.last_index[user_id]])
-            states[user_id.encode()] = encode_state(state, scorer)
+            with as_current_event(events[batch.last_index[user_id]]):
+                states[user_id.encode()] = encode_state(state, scorer)
         failpoint("after_state_write")
         if not batch.requests:
             return

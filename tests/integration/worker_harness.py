@@ -13,7 +13,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from tests.kafka_tools import WorkerProcess, read_topic, web_port
+from tests.kafka_tools import WorkerProcess, read_all, read_topic, web_port
 
 
 @dataclass
@@ -136,7 +136,13 @@ def recommendations_covering(
         seen = {e for r in records for e in json.loads(r.value)["event_ids"]}
         return event_ids <= seen
 
-    records = read_topic(bootstrap, topic, until=covered, timeout_s=timeout_s)
+    try:
+        records = read_topic(bootstrap, topic, until=covered, timeout_s=timeout_s)
+    except TimeoutError as exc:
+        fresh = read_all(bootstrap, topic)
+        seen = {e for r in fresh for e in json.loads(r.value)["event_ids"]}
+        msg = f"{exc}; a fresh reader now sees {len(fresh)} records covering {len(seen & event_ids)}/{len(event_ids)} ids"
+        raise TimeoutError(msg) from exc
     return [json.loads(r.value) for r in records]
 
 
