@@ -141,7 +141,11 @@ def recommendations_covering(
     except TimeoutError as exc:
         fresh = read_all(bootstrap, topic)
         seen = {e for r in fresh for e in json.loads(r.value)["event_ids"]}
-        msg = f"{exc}; a fresh reader now sees {len(fresh)} records covering {len(seen & event_ids)}/{len(event_ids)} ids"
+        covered_now = len(seen & event_ids)
+        msg = (
+            f"{exc}; a fresh reader now sees {len(fresh)} records covering"
+            f" {covered_now}/{len(event_ids)} ids"
+        )
         raise TimeoutError(msg) from exc
     return [json.loads(r.value) for r in records]
 
