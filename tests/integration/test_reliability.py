@@ -21,6 +21,7 @@ import pytest
 from deploy.kafka import harness
 from model.serving import Scorer
 from tests.integration.worker_harness import (
+    STALL,
     Deployment,
     http_json,
     produce,
@@ -33,15 +34,6 @@ from tests.kafka_tools import create_topics, read_all, read_topic
 
 pytestmark = pytest.mark.kafka
 
-STALL = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug (issue 8): after a SIGKILL restart or a rebalance, a faust worker "
-        "sometimes reports Ready and then takes no more events from its take_events "
-        "micro-batch buffer; state stays exact but the stream stops. Runs every time; "
-        "passes when the stall does not occur."
-    ),
-)
 
 REPORT = Path(os.environ.get("RUM_FAULT_REPORT", "/tmp/rum-fault-report.jsonl"))
 

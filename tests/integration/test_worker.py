@@ -15,6 +15,7 @@ import pytest
 
 from model.serving import Scorer
 from tests.integration.worker_harness import (
+    STALL,
     Deployment,
     http_json,
     http_text,
@@ -27,16 +28,6 @@ from tests.integration.worker_harness import (
 from tests.kafka_tools import read_topic
 
 pytestmark = pytest.mark.kafka
-
-STALL = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug (issue 8): after a SIGKILL restart or a rebalance, a faust worker "
-        "sometimes reports Ready and then takes no more events from its take_events "
-        "micro-batch buffer; state stays exact but the stream stops. Runs every time; "
-        "passes when the stall does not occur."
-    ),
-)
 
 
 def _deployment(kafka_bootstrap: str, model: Path, tmp_path: Path, **env: str) -> Deployment:
