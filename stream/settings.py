@@ -113,6 +113,11 @@ class Settings:
     )
     torch_threads: int = _setting("RUM_TORCH_THREADS", 1, "torch intra-op threads for scoring")
     log_level: str = _setting("RUM_LOG_LEVEL", "info", "log level")
+    debug_endpoints: bool = _setting(
+        "RUM_DEBUG_ENDPOINTS",
+        False,
+        "serve `GET /debug/tasks` (consumer offsets, every task's await chain)",
+    )
     trainer_every_min: float = _setting(
         "RUM_TRAINER_EVERY_MIN",
         60.0,
