@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -170,12 +170,51 @@ def as_current_event(event: faust.types.EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
+class WorkerApp(faust.App):
+    """faust.App whose consumer rewinds input partitions that have no committed offset.
+
+    After a rebalance Faust drops what the fetcher read ahead and seeks every partition
+    back to its committed offset; aiokafka's ``seek_to_committed`` skips a partition
+    whose committed offset is missing or 0, so the records dropped there were never read
+    again. A worker that replaced one killed before its first commit saw the whole
+    backlog of such a partition vanish and then sat idle (the post-rebalance stall).
+    Such partitions are now sought to offset 0 (the log start, by the reset policy);
+    what was applied before is recognised by the per-user dedupe ring.
+    """
+
+    input_topic: str = ""
+
+    def _new_consumer(self) -> Any:
+        # The concrete aiokafka consumer; ConsumerT (the protocol) lacks these methods.
+        consumer: Any = super()._new_consumer()
+        seek_to_committed = consumer.seek_to_committed
+        input_topic = self.input_topic
+
+        async def seek_to_committed_or_start() -> Any:
+            committed = await seek_to_committed()
+            fresh = {
+                tp: 0 for tp, offset in committed.items() if not offset and tp.topic == input_topic
+            }
+            if fresh:
+                await consumer.seek_wait(fresh)
+                log.info(
+                    "uncommitted_partitions_rewound",
+                    topic=input_topic,
+                    partitions=sorted(tp.partition for tp in fresh),
+                )
+            return committed
+
+        consumer.seek_to_committed = seek_to_committed_or_start
+        return consumer
+
+
 def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") -> faust.App:
     """The worker app; ``store="memory://"`` serves Faust's in-memory agent tests."""
     torch.set_num_threads(settings.torch_threads)
     runtime = Runtime(settings=settings, scorer=scorer)
+    exactly_once = settings.processing_guarantee == "exactly_once"
     runtime.metrics.serving(scorer.version, scorer.variant, None)
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=settings.broker,
         store=store,
@@ -187,7 +226,9 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         topic_replication_factor=1,
         processing_guarantee=settings.processing_guarantee,
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=max(1000, settings.batch_size),
+        # Exactly-once commits after every batch (commit_batch), never on a timer.
+        broker_commit_every=2**31 if exactly_once else max(1000, settings.batch_size),
+        broker_commit_interval=86_400.0 if exactly_once else 2.8,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         autodiscover=False,
@@ -197,6 +238,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         value_serializer="raw",
         **faust_throughput_options(settings),
     )
+    app.input_topic = settings.topic_purchases
     purchases = app.topic(settings.topic_purchases, key_serializer="raw", value_serializer="raw")
     recommendations = app.topic(
         settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
@@ -307,6 +349,21 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         metrics.recommendations.inc(len(messages))
         failpoint("after_send")
 
+    async def commit_batch(stream: faust.Stream[Any], events: Sequence[faust.types.EventT]) -> None:
+        """Exactly-once: commit each batch's transactions before the next batch sends.
+
+        Faust commits on a timer, and a commit landing while a batch is half sent put
+        that batch's recommendations into a committed transaction with offsets from
+        before it: after a crash the batch ran again and read_committed consumers saw
+        its event ids twice. Here the timer is off (see ``create_app``); the batch's
+        events are acked (take_events acks them again, a no-op) and committed with its
+        output, atomically per partition, before the next batch starts.
+        """
+        for event in events:
+            await stream.ack(event)
+        await app.producer.flush()  # the table's changelog writes
+        await app.consumer.commit()
+
     @app.agent(purchases, name="rum-purchases")
     async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
         # Agents are handed a concrete Stream; take_events is not on the StreamT protocol.
@@ -325,6 +382,8 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                     size=len(events),
                 )
                 raise
+            if exactly_once:
+                await commit_batch(stream, events)
 
     @app.page("/recommendations/{user_id}")
     @app.table_route(table=states, match_info="user_id")
@@ -386,6 +445,13 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     @app.page("/metrics")
     async def metrics_view(web: View, request: Request) -> Response:
         return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    if settings.debug_endpoints:
+        from stream.debug import debug_report
+
+        @app.page("/debug/tasks")
+        async def debug_tasks(web: View, request: Request) -> Response:
+            return web.text(debug_report(app, settings.topic_purchases))
 
     @app.task
     async def follow_models() -> None:
