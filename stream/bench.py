@@ -1043,6 +1043,16 @@ def write_report(report_dir: Path, figures: Figures, extra: Figures) -> Path:
         ax.set_ylabel("fraction of events")
         ax.set_xscale("log")
         ax.set_title(f"{figures['rate_events_per_s']:.0f} events/s: p50 {figures['p50_ms']} ms")
+    elif bench == "soak" and extra.get("_samples"):
+        samples = extra["_samples"]
+        t = [x["t_s"] for x in samples]
+        ax.plot(t, [x["rss_kb"] / 1024 for x in samples], label="worker RSS (MB)")
+        ax.plot(t, [x["rocksdb_bytes"] / 2**20 for x in samples], label="RocksDB (MB)")
+        ax.set_xlabel("seconds")
+        ax2 = ax.twinx()
+        ax2.plot(t, [x["lag_s"] for x in samples], color="tab:red", label="lag (s)")
+        ax2.set_ylabel("lag (s)")
+        ax.legend(loc="upper left")
     elif bench == "scoring":
         ax.bar(
             ["exact", "two-stage", "compute bound"],
@@ -1075,6 +1085,40 @@ def write_report(report_dir: Path, figures: Figures, extra: Figures) -> Path:
     return path
 
 
+def bench_soak(args: argparse.Namespace) -> Figures:
+    """A bounded soak at half the measured maximum rate (issue 8): memory, RocksDB, lag."""
+    from model.serving import Scorer
+    from stream.soak import run_soak
+
+    work = Path(args.work_dir)
+    workload = load_workload(args, args.variant)
+    vocab = Scorer.load(workload.model_dir).items
+    item_ids = [vocab.raw(i) for i in range(1, vocab.size + 1)]
+    duration = args.duration or (30.0 if args.quick else 600.0)
+    users = args.users or (500 if args.quick else 20_000)
+    with kafka_broker(args.bootstrap, work) as bootstrap:
+        say(f"soak: {duration:.0f} s, {users} users, rate {args.soak_rate or 'half the maximum'}")
+        result = run_soak(
+            bootstrap,
+            workload.model_dir,
+            work / "soak",
+            duration_s=duration,
+            rate=args.soak_rate,
+            users=users,
+            items=item_ids,
+            sample_every_s=2.0 if args.quick else 10.0,
+            calibrate_events=3_000 if args.quick else 20_000,
+            extra_env={"RUM_SCORING": args.scoring},
+        )
+    samples = result.pop("samples")
+    return {
+        "workload": f"{workload.name} catalogue, synthetic Pareto users",
+        "variant": workload.variant,
+        **result,
+        "_samples": samples,
+    }
+
+
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], Figures], str]] = {
     "stream": (bench_stream, "W1/W2 throughput through Kafka, with the naive baseline"),
     "latency": (bench_latency, "event → recommendation latency at a steady rate"),
@@ -1082,6 +1126,7 @@ BENCHES: dict[str, tuple[Callable[[argparse.Namespace], Figures], str]] = {
     "train": (bench_train, "seconds per training epoch (feature-level, L=50)"),
     "recovery": (bench_recovery, "restart after SIGKILL with every W1 user in state"),
     "state": (bench_state, "encoded bytes per user; worker RSS after W1"),
+    "soak": (bench_soak, "a 10-minute soak at half the measured maximum rate"),
 }
 
 
@@ -1121,9 +1166,18 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
         add_option(sub, "--train-epochs", type=int, default=3, help="epochs of the W1 bench model")
         add_option(sub, "--threads", type=int, default=None, help="torch threads (scoring, train)")
         add_option(sub, "--rate", type=float, default=1000.0, help="latency: events per second")
-        add_option(sub, "--duration", type=float, default=None, help="latency: seconds of input")
+        add_option(
+            sub,
+            "--soak-rate",
+            type=float,
+            default=None,
+            help="soak: events per second (default: half the measured maximum)",
+        )
+        add_option(
+            sub, "--duration", type=float, default=None, help="latency, soak: seconds of input"
+        )
         add_option(sub, "--warmup-s", type=float, default=2.0, help="latency: seconds not counted")
-        add_option(sub, "--users", type=int, default=None, help="scoring: users sampled")
+        add_option(sub, "--users", type=int, default=None, help="scoring, soak: users")
         add_option(sub, "--batch", type=int, default=512, help="scoring: users per call")
         sub.set_defaults(bench_name=name)
 

@@ -59,13 +59,19 @@ def run_soak(
     root: Path,
     *,
     duration_s: float,
-    rate: float,
+    rate: float | None,
     users: int,
-    items: int,
+    items: int | list[str],
     sample_every_s: float = 3.0,
+    calibrate_events: int = 20_000,
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the soak and return its figures (``samples`` holds the time series)."""
+    """Run the soak and return its figures (``samples`` holds the time series).
+
+    ``items`` is a catalogue size (ids ``"0"..``) or the item ids themselves. With
+    ``rate=None`` the worker's maximum rate is measured first (``calibrate_events``
+    produced at once, timed until all are applied) and the soak runs at half of it.
+    """
     name = f"soak-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -108,8 +114,9 @@ def run_soak(
             duration_s=duration_s,
             rate=rate,
             users=users,
-            items=items,
+            item_ids=[str(i) for i in range(items)] if isinstance(items, int) else items,
             sample_every_s=sample_every_s,
+            calibrate_events=calibrate_events,
         )
     finally:
         if worker.poll() is None:
@@ -136,10 +143,11 @@ def _drive(
     data_dir: Path,
     *,
     duration_s: float,
-    rate: float,
+    rate: float | None,
     users: int,
-    items: int,
+    item_ids: list[str],
     sample_every_s: float,
+    calibrate_events: int,
 ) -> dict[str, Any]:
     from kafka import KafkaProducer
 
@@ -148,6 +156,34 @@ def _drive(
     sent = 0
     samples: list[dict[str, Any]] = []
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+
+    def send_one() -> None:
+        nonlocal sent
+        user = f"s{min(int(rng.paretovariate(1.2)) - 1, users - 1)}"
+        event = {
+            "event_id": f"soak-{sent}",
+            "user_id": user,
+            "item_id": rng.choice(item_ids),
+            "ts": time.time(),
+        }
+        producer.send(topic, key=user.encode(), value=json.dumps(event).encode())
+        expected[user] += 1
+        sent += 1
+
+    max_rate = None
+    if rate is None:
+        # The maximum rate, measured: a backlog produced at once, timed until applied.
+        began = time.monotonic()
+        for _ in range(calibrate_events):
+            send_one()
+        producer.flush()
+        while _applied(base) < sent:
+            if time.monotonic() - began > 600:
+                raise RuntimeError("calibration: the worker did not apply its backlog in 600 s")
+            time.sleep(0.2)
+        max_rate = calibrate_events / (time.monotonic() - began)
+        rate = max_rate / 2
+    base_sent = sent
     stop = threading.Event()
     started = time.monotonic()
 
@@ -161,26 +197,18 @@ def _drive(
                     "rocksdb_bytes": _dir_bytes(data_dir),
                     "sent": sent,
                     "processed": processed,
-                    "lag_s": round(max(0.0, sent - processed) / rate, 2),
+                    "lag_s": round(max(0.0, sent - processed) / steady, 2),
                 }
             )
 
+    steady = rate
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
         while (elapsed := time.monotonic() - started) < duration_s:
-            due = int(elapsed * rate)
+            due = base_sent + int(elapsed * steady)
             while sent < due:
-                user = f"s{min(int(rng.paretovariate(1.2)) - 1, users - 1)}"
-                event = {
-                    "event_id": f"soak-{sent}",
-                    "user_id": user,
-                    "item_id": str(rng.randrange(items)),
-                    "ts": time.time(),
-                }
-                producer.send(topic, key=user.encode(), value=json.dumps(event).encode())
-                expected[user] += 1
-                sent += 1
+                send_one()
             time.sleep(0.01)
         producer.flush()
     finally:
@@ -198,7 +226,8 @@ def _drive(
         duplicates += max(0, applied - count)
     return {
         "duration_s": duration_s,
-        "rate": rate,
+        "rate": round(steady, 1),
+        "max_rate_measured": round(max_rate, 1) if max_rate else None,
         "events_sent": sent,
         "users": len(expected),
         "events_lost": lost,
@@ -206,6 +235,18 @@ def _drive(
         "max_lag_s": max((s["lag_s"] for s in samples), default=0.0),
         "rss_kb_first": samples[0]["rss_kb"] if samples else 0,
         "rss_kb_last": samples[-1]["rss_kb"] if samples else 0,
+        "rss_kb_max": max((s["rss_kb"] for s in samples), default=0),
+        "rss_growth_second_half_pct": _growth_pct(samples, "rss_kb"),
+        "rocksdb_bytes_first": samples[0]["rocksdb_bytes"] if samples else 0,
         "rocksdb_bytes_last": samples[-1]["rocksdb_bytes"] if samples else 0,
+        "rocksdb_growth_second_half_pct": _growth_pct(samples, "rocksdb_bytes"),
         "samples": samples,
     }
+
+
+def _growth_pct(samples: list[dict[str, Any]], key: str) -> float:
+    """How much ``key`` grew over the second half of the run (levelling off: near 0)."""
+    half = samples[len(samples) // 2 :]
+    if len(half) < 2 or not half[0][key]:
+        return 0.0
+    return round(100.0 * (half[-1][key] - half[0][key]) / half[0][key], 1)

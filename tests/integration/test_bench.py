@@ -75,5 +75,17 @@ def test_bench_subcommands_report_sane_figures(kafka_bootstrap, tmp_path, shared
     train = bench(["train", "--threads", "1"], kafka_bootstrap, tmp_path, results)
     assert train["seconds_per_epoch"] > 0 and train["fit_events"] > 0
 
+    soak = bench(
+        ["soak", "--duration", "10", "--users", "200", "--data",
+         str(shared_data / "amazon-beauty" / "events.csv")],
+        kafka_bootstrap,
+        tmp_path,
+        results,
+    )  # fmt: skip
+    assert soak["max_rate_measured"] > 0
+    assert abs(soak["rate"] - soak["max_rate_measured"] / 2) <= 0.1  # half the measured maximum
+    assert soak["events_sent"] >= 3000 and soak["events_lost"] == 0
+    assert soak["state_duplicates"] == 0 and soak["rss_kb_max"] > 0
+
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["bench"] for r in rows] == ["stream", "latency", "scoring", "train"]
+    assert [r["bench"] for r in rows] == ["stream", "latency", "scoring", "train", "soak"]
