@@ -35,6 +35,7 @@ from stream.faults import failpoint
 from stream.logs import get_logger
 from stream.metrics import Metrics
 from stream.models import Announcement, AnnouncementError, load_announced
+from stream.ordering import OffsetGuard, Verdict
 from stream.processing import (
     AppliedBatch,
     Record,
@@ -187,24 +188,26 @@ class WorkerApp(faust.App):
     def _new_consumer(self) -> Any:
         # The concrete aiokafka consumer; ConsumerT (the protocol) lacks these methods.
         consumer: Any = super()._new_consumer()
-        seek_to_committed = consumer.seek_to_committed
         input_topic = self.input_topic
 
         async def seek_to_committed_or_start() -> Any:
-            committed = await seek_to_committed()
-            fresh = {
-                tp: 0 for tp, offset in committed.items() if not offset and tp.topic == input_topic
-            }
+            # Runs in the consumer's own thread, as Faust's seek_to_committed does; the
+            # extra seeks are synchronous (no waiting on positions: the fetcher that
+            # delivers changelog records during recovery may be the caller).
+            kafka = consumer._thread._ensure_consumer()
+            committed = await kafka.seek_to_committed()
+            fresh = [tp for tp, off in committed.items() if not off and tp.topic == input_topic]
+            for tp in fresh:
+                kafka.seek(tp, 0)
             if fresh:
-                await consumer.seek_wait(fresh)
-                log.info(
-                    "uncommitted_partitions_rewound",
-                    topic=input_topic,
-                    partitions=sorted(tp.partition for tp in fresh),
-                )
+                partitions = sorted(tp.partition for tp in fresh)
+                log.info("uncommitted_partitions_rewound", topic=input_topic, partitions=partitions)
             return committed
 
-        consumer.seek_to_committed = seek_to_committed_or_start
+        async def seek_to_committed() -> Any:
+            return await consumer._thread.call_thread(seek_to_committed_or_start)
+
+        consumer.seek_to_committed = seek_to_committed
         return consumer
 
 
@@ -302,10 +305,53 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 offset=pos.offset,
             )
 
-    async def handle(stream: faust.Stream[Any], events: list[faust.types.EventT]) -> None:
+    guard = OffsetGuard()
+
+    def in_partition_order(events: list[faust.types.EventT]) -> list[faust.types.EventT]:
+        """The events to handle, each partition's in sequence; a gap is read again."""
+        committed: Any = getattr(app.consumer, "_committed_offset", {})
+        kept: list[faust.types.EventT] = []
+        behind: set[tuple[str, int]] = set()
+        for event in events:
+            message = event.message
+            tp = (message.topic, message.partition)
+            if tp in behind:
+                continue
+            verdict = guard.admit(
+                tp, message.offset, message.generation_id or 0, committed.get(message.tp)
+            )
+            if verdict is Verdict.HANDLE:
+                kept.append(event)
+            elif verdict is Verdict.GAP:
+                behind.add(tp)
+                gaps[message.tp] = guard.expected(tp)
+                log.warning(
+                    "stream_gap",
+                    reason="records before this one were dropped by the consumer",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    expected=guard.expected(tp),
+                )
+        return kept
+
+    gaps: dict[Any, int] = {}
+
+    async def read_gaps_again() -> None:
+        while gaps:
+            tp, offset = gaps.popitem()
+            runtime.metrics.resyncs.inc()
+            await app.consumer.seek(tp, offset)
+
+    async def handle(stream: faust.Stream[Any], all_events: list[faust.types.EventT]) -> None:
         metrics = runtime.metrics
         # Read once: a model swapped in while this batch awaits lands on the next batch.
         scorer = runtime.scorer
+        events = in_partition_order(all_events)
+        if gaps:
+            await read_gaps_again()
+        if not events:
+            return
         records = [_record(event) for event in events]
         metrics.batch_size.observe(len(records))
 
@@ -364,11 +410,15 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         await app.producer.flush()  # the table's changelog writes
         await app.consumer.commit()
 
+    busy_since: list[float | None] = [None]  # when the running batch began
+    last_batch_at = [time.monotonic()]
+
     @app.agent(purchases, name="rum-purchases")
     async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
         # Agents are handed a concrete Stream; take_events is not on the StreamT protocol.
         stream = cast(faust.Stream[Any], stream_t)
         async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            busy_since[0] = time.monotonic()
             try:
                 await handle(stream, list(events))
             except Exception as exc:
@@ -384,6 +434,57 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 raise
             if exactly_once:
                 await commit_batch(stream, events)
+            busy_since[0] = None
+            last_batch_at[0] = time.monotonic()
+
+    if settings.resync_idle_s > 0:
+
+        @app.timer(interval=max(1.0, settings.resync_idle_s / 2))
+        async def resync_dropped_records() -> None:
+            """Read again what Faust took from Kafka but never handed to the agent.
+
+            Around rebalances Faust drops records it has already fetched (queues
+            cleared, records of an older generation skipped) and counts on a seek to
+            the committed offset to read them again; when that seek misses, those
+            records are never processed and the partition's commit cannot move past
+            them. A quiet worker (no batch running, nothing queued, none for
+            ``resync_idle_s``) whose consumer position is beyond its committed offset
+            has such records: the partition is sought back to its committed offset.
+            Events read twice are recognised by the dedupe ring.
+            """
+            now = time.monotonic()
+            consumer: Any = app.consumer
+            quiet = busy_since[0] is None and now - last_batch_at[0] >= settings.resync_idle_s
+            recovered = cast(TableManager, app.tables).recovery.completed.is_set()
+            if not quiet or app.rebalancing or not recovered or purchases.queue.qsize():
+                return
+            for tp in list(consumer.assignment()):
+                if tp.topic != settings.topic_purchases:
+                    continue
+                committed = consumer._committed_offset.get(tp) or 0
+                try:
+                    position = await consumer.position(tp)
+                    if position is None or position <= committed:
+                        continue
+                    await consumer.seek(tp, committed)
+                except Exception as exc:  # revoked meanwhile, broker away: next round
+                    log.info(
+                        "stream_resync_skipped",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        error=repr(exc),
+                    )
+                    continue
+                log.warning(
+                    "stream_resync",
+                    reason="records read but never committed",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=committed,
+                    position=position,
+                )
+                runtime.metrics.resyncs.inc()
+                last_batch_at[0] = now  # give the records read again time to arrive
 
     @app.page("/recommendations/{user_id}")
     @app.table_route(table=states, match_info="user_id")

@@ -42,6 +42,11 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.resyncs = Counter(
+            "rum_stream_resyncs",
+            "input partitions sought back to their committed offset after Faust dropped records",
+            registry=r,
+        )
         self.model_info = Gauge(
             "rum_model_loaded", "1 for the model version in use", ["version", "variant"], registry=r
         )

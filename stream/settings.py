@@ -113,6 +113,11 @@ class Settings:
     )
     torch_threads: int = _setting("RUM_TORCH_THREADS", 1, "torch intra-op threads for scoring")
     log_level: str = _setting("RUM_LOG_LEVEL", "info", "log level")
+    resync_idle_s: float = _setting(
+        "RUM_RESYNC_IDLE_S",
+        5.0,
+        "idle seconds after which records read but never committed are read again (0: off)",
+    )
     debug_endpoints: bool = _setting(
         "RUM_DEBUG_ENDPOINTS",
         False,

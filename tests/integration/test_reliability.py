@@ -21,7 +21,6 @@ import pytest
 from deploy.kafka import harness
 from model.serving import Scorer
 from tests.integration.worker_harness import (
-    STALL,
     Deployment,
     http_json,
     produce,
@@ -114,7 +113,6 @@ def _first_output_after(bootstrap: str, topic: str, since_ms: float) -> float:
     return min(x.timestamp for x in records if x.timestamp >= since_ms)
 
 
-@STALL
 def test_crashes_at_every_failpoint_lose_and_duplicate_nothing(
     kafka_bootstrap: str, feature_model: Path, tmp_path: Path
 ) -> None:
@@ -211,7 +209,6 @@ def test_broker_restart_workers_reconnect_and_lose_nothing(
     )
 
 
-@STALL
 def test_rebalance_while_streaming(kafka_bootstrap: str, item_model: Path, tmp_path: Path) -> None:
     deployment = _deployment(kafka_bootstrap, item_model, tmp_path)
     events = synthetic_events(users=24, per_user=40, items=60, prefix="rebal")
@@ -372,14 +369,6 @@ def test_short_soak_memory_and_lag_level_off(
     _report("soak_short", **{k: v for k, v in result.items() if k != "samples"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "faust-streaming 0.15.3's exactly_once against Apache Kafka 4.1: after a SIGKILL "
-        "between send and commit, read_committed consumers still see some event ids twice "
-        "(state stays exact). Open in issue 8; strict, so a fix shows up as XPASS."
-    ),
-)
 def test_exactly_once_output_has_no_duplicate_event_ids(
     kafka_bootstrap: str, item_model: Path, tmp_path: Path
 ) -> None:

@@ -15,7 +15,6 @@ import pytest
 
 from model.serving import Scorer
 from tests.integration.worker_harness import (
-    STALL,
     Deployment,
     http_json,
     http_text,
@@ -209,7 +208,6 @@ def _wait_applied(worker, expected: dict[str, int], timeout_s: float = 120.0) ->
     raise AssertionError(f"not all events applied in time: {short}")
 
 
-@STALL
 def test_sigkill_recovery_from_changelog_and_idempotent_redelivery(
     kafka_bootstrap: str, feature_model: Path, tmp_path: Path
 ) -> None:

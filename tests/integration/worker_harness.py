@@ -11,21 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kafka import KafkaProducer
 
 from tests.kafka_tools import WorkerProcess, read_all, read_topic, web_port
-
-# A scenario that can hit the known post-rebalance stall (a non-strict xfail).
-STALL = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug (issue 8): after a SIGKILL restart or a rebalance, a faust worker "
-        "sometimes reports Ready and then takes no more events from its take_events "
-        "micro-batch buffer; state stays exact but the stream stops. Runs every time; "
-        "passes when the stall does not occur."
-    ),
-)
 
 
 @dataclass
