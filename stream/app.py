@@ -184,11 +184,24 @@ class WorkerApp(faust.App):
     """
 
     input_topic: str = ""
+    commit_limit: Callable[[tuple[str, int]], int | None] | None = None
 
     def _new_consumer(self) -> Any:
         # The concrete aiokafka consumer; ConsumerT (the protocol) lacks these methods.
         consumer: Any = super()._new_consumer()
         input_topic = self.input_topic
+        new_offset = consumer._new_offset
+
+        def new_offset_within_limit(tp: Any) -> int | None:
+            # Never commit an input offset beyond the first one the agent has not handled
+            # (see stream.ordering.OffsetGuard.commit_limit).
+            offset: int | None = new_offset(tp)
+            limit = self.commit_limit((tp.topic, tp.partition)) if self.commit_limit else None
+            if offset is not None and limit is not None and offset > limit:
+                return limit
+            return offset
+
+        consumer._new_offset = new_offset_within_limit
 
         async def seek_to_committed_or_start() -> Any:
             # Runs in the consumer's own thread, as Faust's seek_to_committed does; the
@@ -306,6 +319,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             )
 
     guard = OffsetGuard()
+    app.commit_limit = guard.commit_limit
 
     def in_partition_order(events: list[faust.types.EventT]) -> list[faust.types.EventT]:
         """The events to handle, each partition's in sequence; a gap is read again."""

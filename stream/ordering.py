@@ -55,3 +55,13 @@ class OffsetGuard:
 
     def expected(self, tp: tuple[str, int]) -> int:
         return self._next[tp]
+
+    def commit_limit(self, tp: tuple[str, int]) -> int | None:
+        """The highest offset that may be committed for ``tp`` (None: no records yet).
+
+        Faust commits every acked offset and treats a jump in offsets as compaction;
+        records held back behind a gap are acked too. Committing past the first
+        offset not yet handled would lose the held-back records if the worker died
+        before reading them again.
+        """
+        return self._next.get(tp)

@@ -40,3 +40,12 @@ def test_a_new_generation_starts_from_the_committed_offset() -> None:
     assert guard.admit(TP, 2, 2, 7) is Verdict.SEEN
     assert guard.admit(TP, 9, 2, 7) is Verdict.GAP
     assert guard.admit(TP, 10, 2, 7) is Verdict.HELD
+
+
+def test_commits_stop_at_the_first_record_not_handled() -> None:
+    guard = OffsetGuard()
+    assert guard.commit_limit(TP) is None
+    for offset in range(3):
+        guard.admit(TP, offset, 1, None)
+    guard.admit(TP, 9, 1, None)  # held back behind a gap
+    assert guard.commit_limit(TP) == 3
