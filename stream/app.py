@@ -184,6 +184,7 @@ class WorkerApp(faust.App):
     """
 
     input_topic: str = ""
+    rewind_uncommitted: bool = True
     commit_limit: Callable[[tuple[str, int]], int | None] | None = None
 
     def _new_consumer(self) -> Any:
@@ -209,7 +210,11 @@ class WorkerApp(faust.App):
             # delivers changelog records during recovery may be the caller).
             kafka = consumer._thread._ensure_consumer()
             committed = await kafka.seek_to_committed()
-            fresh = [tp for tp, off in committed.items() if not off and tp.topic == input_topic]
+            fresh = [
+                tp
+                for tp, off in committed.items()
+                if not off and tp.topic == input_topic and self.rewind_uncommitted
+            ]
             for tp in fresh:
                 kafka.seek(tp, 0)
             if fresh:
@@ -318,7 +323,10 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 offset=pos.offset,
             )
 
-    guard = OffsetGuard()
+    # Exactly-once reads a dead worker's open transaction as "no committed offset":
+    # rewinding or gap-checking from 0 then would replay committed output.
+    guard = OffsetGuard(trust_missing_commit=not exactly_once)
+    app.rewind_uncommitted = not exactly_once
     app.commit_limit = guard.commit_limit
 
     def in_partition_order(events: list[faust.types.EventT]) -> list[faust.types.EventT]:
@@ -475,7 +483,10 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             for tp in list(consumer.assignment()):
                 if tp.topic != settings.topic_purchases:
                     continue
-                committed = consumer._committed_offset.get(tp) or 0
+                known = consumer._committed_offset.get(tp)
+                if known is None and exactly_once:
+                    continue  # maybe an open transaction's offsets: not known to be 0
+                committed = known or 0
                 try:
                     position = await consumer.position(tp)
                     if position is None or position <= committed:

@@ -29,6 +29,9 @@ class OffsetGuard:
     _next: dict[tuple[str, int], int] = field(default_factory=dict)
     _generation: dict[tuple[str, int], int] = field(default_factory=dict)
     _gap_at: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Exactly-once: a missing committed offset may only be unstable (a dead worker's
+    # transaction still open), so the first record delivered is the baseline.
+    trust_missing_commit: bool = True
 
     def admit(
         self, tp: tuple[str, int], offset: int, generation: int, committed: int | None
@@ -36,6 +39,8 @@ class OffsetGuard:
         if self._generation.get(tp) != generation:
             # New assignment: Faust has sought the partition to its committed offset.
             self._generation[tp] = generation
+            if committed is None and not self.trust_missing_commit:
+                committed = offset
             self._next[tp] = committed or 0
             self._gap_at.pop(tp, None)
         expected = self._next[tp]

@@ -49,3 +49,9 @@ def test_commits_stop_at_the_first_record_not_handled() -> None:
         guard.admit(TP, offset, 1, None)
     guard.admit(TP, 9, 1, None)  # held back behind a gap
     assert guard.commit_limit(TP) == 3
+
+
+def test_without_trusting_a_missing_commit_the_first_record_is_the_baseline() -> None:
+    guard = OffsetGuard(trust_missing_commit=False)
+    assert guard.admit(TP, 21, 1, None) is Verdict.HANDLE
+    assert guard.admit(TP, 23, 1, None) is Verdict.GAP
