@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import faust
 import torch
+from faust.exceptions import SameNode
 from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
@@ -512,7 +513,6 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 last_batch_at[0] = now  # give the records read again time to arrive
 
     @app.page("/recommendations/{user_id}")
-    @app.table_route(table=states, match_info="user_id")
     async def recommendations_view(web: View, request: Request, user_id: str) -> Response:
         raw_k = request.query.get("k", str(settings.k))
         try:
@@ -524,6 +524,22 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         if not user_id or len(user_id) > settings.max_id_length:
             msg = f"user_id must have 1 to {settings.max_id_length} characters"
             return web.json({"error": msg}, status=400)
+        # Routed to the worker that owns the user (faust's table_route, with a 503
+        # instead of a 500 while that worker is unreachable, e.g. during a rebalance).
+        try:
+            return await app.router.route_req(states.name, user_id, web.web, request)
+        except SameNode:
+            pass
+        except Exception as exc:
+            log.warning("route_failed", user_id=user_id, error=repr(exc))
+            return web.json(
+                {
+                    "error": "the worker that owns this user is not reachable; retry",
+                    "detail": repr(exc),
+                },
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         scorer = runtime.scorer
         state = load_state(user_id, scorer)
         if state is not None:

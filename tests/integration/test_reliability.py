@@ -27,6 +27,7 @@ from tests.integration.worker_harness import (
     produce_raw,
     recommendations_covering,
     synthetic_events,
+    wait_applied,
     wait_healthy,
 )
 from tests.kafka_tools import create_topics, read_all, read_topic
@@ -60,29 +61,8 @@ def _histories(events: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def _states(worker, users) -> dict[str, dict]:
-    states = {}
-    for user in users:
-        status, body = http_json(worker, f"/recommendations/{user}?k=10")
-        assert status == 200, body
-        states[user] = body
-    return states
-
-
 def _await_applied(worker, histories: dict[str, list[str]], timeout_s: float = 180) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states = _states(worker, histories)
-        if all(states[u]["events_applied"] >= len(h) for u, h in histories.items()):
-            return states
-        if time.monotonic() > deadline:
-            short = {
-                u: s["events_applied"]
-                for u, s in states.items()
-                if s["events_applied"] < len(histories[u])
-            }
-            raise AssertionError(f"events not applied in {timeout_s:.0f} s: {short}")
-        time.sleep(1.0)
+    return wait_applied(worker, {u: len(h) for u, h in histories.items()}, timeout_s)
 
 
 def _assert_exact_state(scorer: Scorer, histories: dict[str, list[str]], states: dict) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,8 @@ from tests.integration.worker_harness import (
     produce_raw,
     recommendations_covering,
     synthetic_events,
+    user_states,
+    wait_applied,
     wait_healthy,
 )
 from tests.kafka_tools import read_topic
@@ -187,27 +188,6 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_goes_on(
     assert "rum_scoring_seconds_count" in metrics
 
 
-def _user_states(worker, users: list[str]) -> dict[str, dict]:
-    states = {}
-    for user in users:
-        status, body = http_json(worker, f"/recommendations/{user}?k=10")
-        assert status == 200, body
-        states[user] = body
-    return states
-
-
-def _wait_applied(worker, expected: dict[str, int], timeout_s: float = 120.0) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout_s
-    states: dict[str, dict] = {}
-    while time.monotonic() < deadline:
-        states = _user_states(worker, list(expected))
-        if all(states[u]["events_applied"] >= n for u, n in expected.items()):
-            return states
-        time.sleep(1.0)
-    short = {u: s["events_applied"] for u, s in states.items() if s["events_applied"] < expected[u]}
-    raise AssertionError(f"not all events applied in time: {short}")
-
-
 def test_sigkill_recovery_from_changelog_and_idempotent_redelivery(
     kafka_bootstrap: str, feature_model: Path, tmp_path: Path
 ) -> None:
@@ -233,13 +213,13 @@ def test_sigkill_recovery_from_changelog_and_idempotent_redelivery(
             {e["event_id"] for e in events},
             timeout_s=180,
         )
-        states = _wait_applied(second, {u: len(h) for u, h in histories.items()})
+        states = wait_applied(second, {u: len(h) for u, h in histories.items()}, timeout_s=120)
         # Producing the whole input a second time changes no memory.
         produce(kafka_bootstrap, deployment.purchases, events)
         marker = {"event_id": "marker", "user_id": "u0", "item_id": "1", "ts": 1_700_000_000}
         produce(kafka_bootstrap, deployment.purchases, [marker])
         recommendations_covering(kafka_bootstrap, deployment.recommendations, {"marker"})
-        again = _user_states(second, list(histories))
+        again = user_states(second, list(histories))
         metrics = http_text(second, "/metrics")
         assert second.alive(), second.log_tail()
     finally:
@@ -276,10 +256,10 @@ def test_two_workers_share_partitions_and_survive_losing_one(
         _status, health_b = http_json(b, "/health")
         expected = {u: len(h) for u, h in histories.items()}
         # Either worker answers for every user: requests are routed to the owner.
-        via_a = _wait_applied(a, expected)
-        via_b = _wait_applied(b, expected)
+        via_a = wait_applied(a, expected, timeout_s=120)
+        via_b = wait_applied(b, expected, timeout_s=120)
         b.stop()
-        after = _wait_applied(a, expected, timeout_s=180)
+        after = wait_applied(a, expected, timeout_s=180)
         assert a.alive(), a.log_tail()
     finally:
         deployment.stop_all()

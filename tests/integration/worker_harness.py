@@ -169,3 +169,48 @@ def synthetic_events(
                 }
             )
     return events
+
+
+class NotServing(Exception):
+    """The worker answered 503: the user's owner is not reachable yet (rebalancing)."""
+
+
+def user_states(worker: WorkerProcess, users: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Each user's state as ``GET /recommendations/{user}`` reports it."""
+    states = {}
+    for user in users:
+        status, body = http_json(worker, f"/recommendations/{user}?k=10")
+        if status == 503:
+            raise NotServing(body)
+        assert status == 200, body
+        states[user] = body
+    return states
+
+
+def wait_applied(
+    worker: WorkerProcess, expected: dict[str, int], timeout_s: float = 180.0
+) -> dict[str, dict[str, Any]]:
+    """Poll until every user has at least ``expected[user]`` events applied.
+
+    A 503 (the owner of a user unreachable while partitions move) is retried.
+    """
+    deadline = time.monotonic() + timeout_s
+    states: dict[str, dict[str, Any]] = {}
+    unavailable: NotServing | None = None
+    while True:
+        try:
+            states = user_states(worker, expected)
+            unavailable = None
+            if all(states[u]["events_applied"] >= n for u, n in expected.items()):
+                return states
+        except NotServing as exc:
+            unavailable = exc
+        if time.monotonic() > deadline:
+            short = {
+                u: s["events_applied"]
+                for u, s in states.items()
+                if s["events_applied"] < expected[u]
+            }
+            msg = f"events not applied in {timeout_s:.0f} s: {short}; last 503: {unavailable}"
+            raise AssertionError(msg)
+        time.sleep(1.0)
