@@ -211,11 +211,9 @@ class WorkerApp(faust.App):
             # delivers changelog records during recovery may be the caller).
             kafka = consumer._thread._ensure_consumer()
             committed = await kafka.seek_to_committed()
-            fresh = [
-                tp
-                for tp, off in committed.items()
-                if not off and tp.topic == input_topic and self.rewind_uncommitted
-            ]
+            if not self.rewind_uncommitted:
+                return committed
+            fresh = [tp for tp, off in committed.items() if not off and tp.topic == input_topic]
             for tp in fresh:
                 kafka.seek(tp, 0)
             if fresh:
@@ -593,7 +591,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
         @app.page("/debug/tasks")
         async def debug_tasks(web: View, request: Request) -> Response:
-            return web.text(debug_report(app, settings.topic_purchases))
+            return web.text(debug_report(app, purchases))
 
     @app.task
     async def follow_models() -> None:

@@ -61,7 +61,7 @@ def dump_tasks(loop: Any = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def consumer_state(app: Any, input_topic: str) -> dict[str, Any]:
+def consumer_state(app: Any, input_topic: Any) -> dict[str, Any]:
     """Faust's and aiokafka's view of each partition (private attributes: read only)."""
     consumer = app.consumer
     kafka = consumer._thread._ensure_consumer()
@@ -74,7 +74,7 @@ def consumer_state(app: Any, input_topic: str) -> dict[str, Any]:
         "faust_read_offset": {str(tp): off for tp, off in consumer._read_offset.items()},
         "faust_committed": {str(tp): off for tp, off in consumer._committed_offset.items()},
         "faust_unacked": len(consumer._unacked_messages),
-        "input_queue": app.topic(input_topic).queue.qsize(),
+        "input_queue": input_topic.queue.qsize(),
         "kafka_positions": {
             str(tp): {"position": st._position, "status": str(st._status), "paused": st._paused}
             for tp, st in assignment._tp_state.items()
@@ -83,7 +83,8 @@ def consumer_state(app: Any, input_topic: str) -> dict[str, Any]:
     }
 
 
-def debug_report(app: Any, input_topic: str) -> str:
+def debug_report(app: Any, input_topic: Any) -> str:
+    """``input_topic``: the agent's own Topic (``app.topic(name)`` would make a new, empty one)."""
     try:
         state = json.dumps(consumer_state(app, input_topic), indent=1, default=str)
     except Exception as exc:  # a report while starting or stopping: say so, keep going
