@@ -29,7 +29,7 @@ from model.network import FeatureRUM, ItemRUM
 from model.options import add_flag, add_option
 from model.serving import Scorer
 from model.splits import PROTOCOLS, Protocol, Split, make_split
-from model.training import TrainConfig, Validator, seconds_per_epoch, train
+from model.training import LOSSES, TrainConfig, Validator, seconds_per_epoch, train
 
 DEFAULT_SLOTS = {"item": 5, "feature": 20}
 
@@ -98,6 +98,14 @@ def train_parser() -> argparse.ArgumentParser:
     add_option(parser, "--alpha", type=float, default=0.2, help="memory weight α in MERGE")
     add_option(parser, "--beta", type=float, default=1.0, help="attention strength β")
     add_option(parser, "--negatives", type=int, default=1, help="sampled negatives per positive")
+    add_option(
+        parser,
+        "--loss",
+        choices=list(LOSSES),
+        default="bce",
+        help="bce (the paper's, sampled negatives), sampled-softmax (the same negatives), "
+        "softmax (all items)",
+    )
     add_option(parser, "--lr", type=float, default=1e-3, help="Adam learning rate")
     add_option(parser, "--l2", type=float, default=0.0, help="L2 weight λ")
     add_option(
@@ -162,6 +170,7 @@ def train_main(argv: list[str]) -> int:
         lr=args.lr,
         l2=args.l2,
         negatives=args.negatives,
+        loss=args.loss,
         max_len=args.max_len,
         patience=args.patience,
         seed=args.seed,

@@ -136,7 +136,7 @@ def fine_tune(
     """``cfg.epochs`` epochs over ``fit`` starting from ``net``'s weights (trained in place).
 
     ``users``/``items`` must already hold every id of ``fit`` (see :func:`grow`).
-    Only ``epochs``, ``lr``, ``batch_size``, ``negatives``, ``max_len``, ``l2``,
+    Only ``epochs``, ``lr``, ``batch_size``, ``negatives``, ``loss``, ``max_len``, ``l2``,
     ``seed``, ``device`` and ``progress`` of ``cfg`` are read; the shape comes from ``net``.
     """
     torch.manual_seed(cfg.seed)

@@ -1,4 +1,5 @@
-"""Fitting RUM: sampled-negative binary cross-entropy, early stopping on validation NDCG@10.
+"""Fitting RUM: the paper's sampled-negative binary cross-entropy (or a softmax option),
+early stopping on validation NDCG@10.
 
 - Item-level: the memory at step t is the window v_{t-K}..v_{t-1}, so every step
   of every user is an independent sample, shuffled and batched.
@@ -9,8 +10,16 @@
   each step is exactly the one serving would hold for that history.
 - Negatives: ``negatives`` per positive, uniform over items the user has not
   interacted with in the fitted events (rejection sampling).
+- Losses (``TrainConfig.loss``); the model and its scores are the same for all three:
+  ``bce`` (the paper's, the reference): -log σ(s+) - Σ log(1 - σ(s-)) over the
+  positive and ``negatives`` sampled negatives; ``sampled-softmax``: the
+  cross-entropy of the positive against the same sampled negatives,
+  -log(e^{s+} / (e^{s+} + Σ e^{s-})); ``softmax``: the cross-entropy of the
+  positive against every item of the catalogue (no sampling; exact all-item
+  logits, the ones the evaluator ranks).
 - L2: λ times the squared norms of the embedding rows a batch touches (users
-  and candidate items) and of the dense feature-level parameters.
+  and candidate items; the positives only for ``softmax``) and of the dense
+  feature-level parameters.
 
 Model selection reads the validation part only; the test part never reaches
 this module.
@@ -23,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +41,9 @@ from tqdm import tqdm
 
 from model.data import EventLog, Vocab, build_vocabs, sequences
 from model.network import FeatureRUM, ItemRUM, ModelConfig, Variant, build
+
+Loss = Literal["bce", "sampled-softmax", "softmax"]
+LOSSES: tuple[Loss, ...] = ("bce", "sampled-softmax", "softmax")
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class TrainConfig:
     lr: float = 1e-3
     l2: float = 0.0
     negatives: int = 1
+    loss: Loss = "bce"
     max_len: int = 50
     patience: int = 3
     seed: int = 0
@@ -100,12 +113,45 @@ class NegativeSampler:
         return negs
 
 
-def bce_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [..., 1 + n] (positive first) -> mean over steps of -log σ(s+) - Σ log(1 - σ(s-))."""
-    per_step = F.softplus(-logits[..., 0]) + F.softplus(logits[..., 1:]).sum(dim=-1)  # [...]
+def _masked_mean(per_step: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return per_step.mean()
     return (per_step * mask).sum() / mask.sum().clamp_min(1)
+
+
+def bce_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [..., 1 + n] (positive first) -> mean over steps of -log σ(s+) - Σ log(1 - σ(s-))."""
+    per_step = F.softplus(-logits[..., 0]) + F.softplus(logits[..., 1:]).sum(dim=-1)  # [...]
+    return _masked_mean(per_step, mask)
+
+
+def sampled_softmax_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [..., 1 + n] (positive first) -> mean over steps of -log softmax(logits)[0]."""
+    per_step = torch.logsumexp(logits, dim=-1) - logits[..., 0]  # [...]
+    return _masked_mean(per_step, mask)
+
+
+def softmax_loss(
+    logits_all: torch.Tensor, positives: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """logits_all [S, N+1] (column 0 = padding, left out), positives [S] in 1..N.
+
+    Mean over steps of -log softmax over the N items, at the positive.
+    """
+    real = logits_all[:, 1:]  # [S, N]
+    positive = logits_all.gather(1, positives[:, None])[:, 0]  # [S]
+    per_step = torch.logsumexp(real, dim=-1) - positive  # [S]
+    return _masked_mean(per_step, mask)
+
+
+def sampled_loss(loss: Loss, logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The loss of candidate logits [..., 1 + n] (positive first) for the sampled losses."""
+    if loss == "bce":
+        return bce_loss(logits, mask)
+    if loss == "sampled-softmax":
+        return sampled_softmax_loss(logits, mask)
+    msg = f"loss {loss!r} does not take sampled candidates; expected 'bce' or 'sampled-softmax'"
+    raise ValueError(msg)
 
 
 def _l2(net: ItemRUM | FeatureRUM, users: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
@@ -146,11 +192,16 @@ def _epoch_item(
     dev = torch.device(cfg.device)
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        negs = sampler.sample(users[idx], cfg.negatives)  # [S, n]
-        cands = torch.from_numpy(np.concatenate([positives[idx, None], negs], axis=1)).to(dev)
         u = torch.from_numpy(users[idx]).to(dev)
-        logits = net.logits(u, torch.from_numpy(windows[idx]).to(dev), cands)  # [S, 1+n]
-        loss = bce_loss(logits)
+        window = torch.from_numpy(windows[idx]).to(dev)  # [S, K]
+        if cfg.loss == "softmax":
+            cands = torch.from_numpy(positives[idx, None]).to(dev)  # [S, 1]
+            loss = softmax_loss(net.logits_all(u, window), cands[:, 0])  # over [S, N+1]
+        else:
+            negs = sampler.sample(users[idx], cfg.negatives)  # [S, n]
+            cands = torch.from_numpy(np.concatenate([positives[idx, None], negs], axis=1)).to(dev)
+            logits = net.logits(u, window, cands)  # [S, 1+n]
+            loss = sampled_loss(cfg.loss, logits, None)
         if cfg.l2 > 0:
             loss = loss + cfg.l2 * _l2(net, u, cands)
         opt.zero_grad(set_to_none=True)
@@ -205,14 +256,24 @@ def _epoch_feature(
                 memory = net.write(memory, seq[:, t], active[:, t])
             chunk = torch.stack(states, dim=1)  # [B, Lc, K, D]
             b, lc, k, d = chunk.shape
-            negs = sampler.sample(np.repeat(batch_users, lc), cfg.negatives)  # [B*Lc, n]
-            cands = torch.cat(
-                [seq[:, c0:c1].reshape(-1, 1), torch.from_numpy(negs).to(dev)], dim=1
-            )  # [B*Lc, 1+n]
             step_users = users_t.repeat_interleave(lc)  # [B*Lc]
-            logits = net.logits(step_users, chunk.reshape(b * lc, k, d), cands)  # [B*Lc, 1+n]
             mask = active[:, c0:c1].reshape(-1).float()  # [B*Lc]
-            loss = bce_loss(logits, mask)
+            if cfg.loss == "softmax":
+                # Only the real steps: each costs a row of the [S, N+1] all-item logits.
+                keep = mask > 0
+                cands = seq[:, c0:c1].reshape(-1, 1)[keep]  # [S, 1]
+                memory_s = chunk.reshape(b * lc, k, d)[keep]  # [S, K, D]
+                logits_all = net.logits_all(step_users[keep], memory_s)  # [S, N+1]
+                loss = softmax_loss(logits_all, cands[:, 0])
+                mask, step_users = mask[keep], step_users[keep]
+            else:
+                negs = sampler.sample(np.repeat(batch_users, lc), cfg.negatives)  # [B*Lc, n]
+                cands = torch.cat(
+                    [seq[:, c0:c1].reshape(-1, 1), torch.from_numpy(negs).to(dev)], dim=1
+                )  # [B*Lc, 1+n]
+                memory_s = chunk.reshape(b * lc, k, d)  # [B*Lc, K, D]
+                logits = net.logits(step_users, memory_s, cands)  # [B*Lc, 1+n]
+                loss = sampled_loss(cfg.loss, logits, mask)
             if cfg.l2 > 0:
                 keep = mask > 0
                 loss = loss + cfg.l2 * _l2(net, step_users[keep], cands[keep])

@@ -128,13 +128,14 @@ def test_serving_scores_equal_training_scores(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_overfits_a_toy_log_to_hit_rate_at_one(variant: str) -> None:
+@pytest.mark.parametrize("loss", ["bce", "sampled-softmax", "softmax"])
+def test_overfits_a_toy_log_to_hit_rate_at_one(variant: str, loss: str) -> None:
     # The training loop can drive the loss down far enough to rank every user's last
-    # (trained-on) item first among all items not seen before it.
+    # (trained-on) item first among all items not seen before it, with every loss.
     log = chain_log(users=8, items=12, length=4)
     result = train(
         log,
-        quick_config(variant, dim=16, epochs=60, lr=0.05, negatives=4, batch_size=8),
+        quick_config(variant, dim=16, epochs=60, lr=0.05, negatives=4, batch_size=8, loss=loss),
         None,
         log=lambda _: None,
     )

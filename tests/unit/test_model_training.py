@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ import torch
 from model.artifact import load_artifact
 from model.cli import evaluate_main, train_main
 from model.data import EventLog, from_rows
-from model.training import NegativeSampler, TrainConfig, train
+from model.training import (
+    NegativeSampler,
+    TrainConfig,
+    bce_loss,
+    sampled_loss,
+    sampled_softmax_loss,
+    softmax_loss,
+    train,
+)
 from tests.unit.model_toys import chain_log, write_csv
 
 
@@ -168,3 +177,70 @@ def test_interrupt_keeps_the_best_epoch_so_far() -> None:
     cfg = TrainConfig(variant="feature", dim=4, slots=2, epochs=10, progress=False)
     result = train(chain_log(), cfg, validate, log=lambda _: None)
     assert result.best_epoch == 2 and len(result.history) == 2
+
+
+def test_losses_by_hand() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])  # positive first
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    bce = [
+        -math.log(sig(2.0)) - math.log(1 - sig(0.0)) - math.log(1 - sig(-1.0)),
+        -math.log(sig(0.5)) - math.log(1 - sig(1.5)) - math.log(1 - sig(0.0)),
+    ]
+    soft = [
+        -math.log(math.exp(2.0) / (math.exp(2.0) + 1.0 + math.exp(-1.0))),
+        -math.log(math.exp(0.5) / (math.exp(0.5) + math.exp(1.5) + 1.0)),
+    ]
+    assert bce_loss(logits).item() == pytest.approx(sum(bce) / 2, rel=1e-6)
+    assert sampled_softmax_loss(logits).item() == pytest.approx(sum(soft) / 2, rel=1e-6)
+    mask = torch.tensor([0.0, 1.0])  # a padded step counts for nothing
+    assert sampled_loss("sampled-softmax", logits, mask).item() == pytest.approx(soft[1])
+    assert sampled_loss("bce", logits, mask).item() == pytest.approx(bce[1], rel=1e-6)
+    with pytest.raises(ValueError, match="softmax"):
+        sampled_loss("softmax", logits, None)
+
+
+def test_full_softmax_loss_leaves_the_padding_row_out() -> None:
+    # Column 0 is the padding row: a huge logit there must not change the loss.
+    logits_all = torch.tensor([[50.0, 1.0, 2.0, 0.0], [-3.0, 0.0, 0.0, 3.0]])  # [S, N+1]
+    positives = torch.tensor([2, 1])
+    expected = [
+        -math.log(math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + 1.0)),
+        -math.log(1.0 / (1.0 + 1.0 + math.exp(3.0))),
+    ]
+    loss = softmax_loss(logits_all, positives)
+    assert loss.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    masked = softmax_loss(logits_all, positives, torch.tensor([1.0, 0.0]))
+    assert masked.item() == pytest.approx(expected[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["item", "feature"])
+@pytest.mark.parametrize("loss", ["sampled-softmax", "softmax"])
+def test_each_loss_trains_and_differs_from_bce(variant: str, loss: str) -> None:
+    base = dict(variant=variant, dim=8, slots=3, epochs=2, lr=0.02, negatives=3, progress=False)
+    bce = train(chain_log(), TrainConfig(**base), None, log=lambda _: None)  # type: ignore[arg-type]
+    other = train(
+        chain_log(),
+        TrainConfig(**base, loss=loss),  # type: ignore[arg-type]
+        None,
+        log=lambda _: None,
+    )
+    assert not torch.equal(bce.net.item_emb.weight, other.net.item_emb.weight)
+    first, last = other.history[0]["loss"], other.history[-1]["loss"]
+    assert last < first  # the new loss goes down
+
+
+def test_loss_option_reaches_the_config_and_the_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_csv(tmp_path / "log.csv", chain_log())
+    common = ["--data", str(data), "--variant", "feature", "--epochs", "1", "--dim", "4"]
+    assert train_main([*common, "--out", str(tmp_path / "a"), "--loss", "softmax", "--quiet"]) == 0
+    assert load_artifact(tmp_path / "a").settings["loss"] == "softmax"
+    monkeypatch.setenv("RUM_LOSS", "sampled-softmax")
+    assert train_main([*common, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert load_artifact(tmp_path / "b").settings["loss"] == "sampled-softmax"
+    monkeypatch.delenv("RUM_LOSS")
+    assert train_main([*common, "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert load_artifact(tmp_path / "c").settings["loss"] == "bce"  # the paper's, by default
+    with pytest.raises(SystemExit):
+        train_main([*common, "--out", str(tmp_path / "d"), "--loss", "hinge", "--quiet"])
