@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -164,3 +165,64 @@ def feature_item_table(q_all: torch.Tensor, z_all: torch.Tensor) -> torch.Tensor
 def feature_user_rows(p: torch.Tensor, memory: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per user the row [p*_u, α m_1, ..., α m_K]: p [B, D], memory [B, K, D] -> [B, D + K·D]."""
     return torch.cat([p, alpha * memory.reshape(memory.shape[0], -1)], dim=1)
+
+
+# --- serving: candidate re-rank in numpy --------------------------------------------
+#
+# The exact re-rank of two-stage scoring gathers C candidate rows per user; numpy's
+# ``take`` and batched ``matmul`` do that about 4x faster than torch's indexing and
+# einsum at serving sizes (C = 200, K = 20, D = 64). Same equations, regrouped; the
+# unit tests hold them equal to the torch kernels above.
+
+
+def item_candidate_logits_np(
+    p: np.ndarray,
+    mem_q: np.ndarray,
+    mem_mask: np.ndarray,
+    q_all: np.ndarray,
+    cands: np.ndarray,
+    alpha: float,
+    beta: float,
+) -> np.ndarray:
+    """:func:`item_logits` for candidate rows: p [B, D], mem_q [B, K, D], mem_mask [B, K],
+    q_all [N, D], cands [B, C] -> [B, C]."""
+    cand_q = np.take(q_all, cands, axis=0)  # [B, C, D]
+    w = np.matmul(cand_q, mem_q.transpose(0, 2, 1))  # [B, C, K]
+    mask = mem_mask[:, None, :]  # [B, 1, K]
+    scaled = np.where(mask, beta * w, -np.inf)  # [B, C, K]
+    top = scaled.max(axis=-1, keepdims=True)  # [B, C, 1]; -inf where no slot is occupied
+    top = np.where(np.isfinite(top), top, 0.0)
+    exp = np.exp(scaled - top) * mask  # [B, C, K]
+    z = exp / np.maximum(exp.sum(axis=-1, keepdims=True), np.finfo(np.float32).tiny)
+    intrinsic = np.matmul(cand_q, p[:, :, None])[:, :, 0]  # [B, C]
+    return (intrinsic + alpha * (z * w).sum(axis=-1)).astype(np.float32, copy=False)
+
+
+def feature_candidate_logits_np(
+    rows: np.ndarray, q_all: np.ndarray, z1_all: np.ndarray, cands: np.ndarray
+) -> np.ndarray:
+    """:func:`feature_logits` for candidate rows, regrouped as Σ_j z1_cj (rows_bj · q_c).
+
+    rows [B, 1+K, D] = [p*_u, α m_1, ..., α m_K]; q_all [N, D]; z1_all [N, 1+K] =
+    [1, z_n1, ..., z_nK]; cands [B, C] -> [B, C]. The j = 0 term is p*_uᵀ q_c, the
+    others α z_ck (m_kᵀ q_c).
+    """
+    cand_q = np.take(q_all, cands, axis=0)  # [B, C, D]
+    dots = np.matmul(cand_q, rows.transpose(0, 2, 1))  # [B, C, 1+K]
+    return np.einsum("bcj,bcj->bc", dots, np.take(z1_all, cands, axis=0))  # [B, C]
+
+
+def top_k_rows_np(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest scores, best first: [B, C] -> [B, k].
+
+    Ties keep the lower column first (a stable sort of the k picked).
+    """
+    count = scores.shape[1]
+    k = min(k, count)
+    if k < count:
+        picked = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [B, k], unordered
+    else:
+        picked = np.broadcast_to(np.arange(count), scores.shape).copy()
+    picked.sort(axis=1)  # column order, so that the stable sort below breaks ties by it
+    order = np.argsort(-np.take_along_axis(scores, picked, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(picked, order, axis=1)

@@ -122,6 +122,10 @@ class Scorer:
             self._add_np = add.numpy()  # [N+1, D]
             self._memory0 = _frozen(weights["memory0"].numpy())
             self._table = kernels.feature_item_table(self._q, self._z)  # [N+1, D + K·D]
+        self._q_np = self._q.numpy()  # [N+1, D], shares the tensor's memory
+        if self.variant == "feature":
+            ones = np.ones((self._z_np.shape[0], 1), dtype=np.float32)
+            self._z1_np = np.ascontiguousarray(np.concatenate([ones, self._z_np], axis=1))
         self._basis: torch.Tensor | None = None
         self._slot_cache: dict[int, tuple[Reason, ...]] = {}
         self._retrieval_items = self._q
@@ -267,17 +271,19 @@ class Scorer:
         return logits
 
     def _candidate_logits(
-        self, user_ids: Sequence[str], memories: Sequence[Memory], cands: torch.Tensor
-    ) -> torch.Tensor:
-        """Exact logits of candidate rows cands [B, C] -> [B, C]."""
+        self, user_ids: Sequence[str], memories: Sequence[Memory], cands: np.ndarray
+    ) -> np.ndarray:
+        """Exact logits of candidate rows cands [B, C] -> [B, C] (numpy serving kernels)."""
         cfg = self.config
-        p = self._user_vectors(user_ids)  # [B, D]
-        cand_q = self._q[cands]  # [B, C, D]
+        p = self._user_vectors(user_ids).numpy()  # [B, D]
         if self.variant == "item":
-            window = self._item_window(memories)
-            return kernels.item_logits(p, cand_q, self._q[window], window > 0, cfg.alpha, cfg.beta)
-        slots = self._feature_slots(memories)
-        return kernels.feature_logits(p, cand_q, self._z[cands], slots, cfg.alpha)
+            window = self._item_window(memories).numpy()  # [B, K]
+            return kernels.item_candidate_logits_np(
+                p, self._q_np[window], window > 0, self._q_np, cands, cfg.alpha, cfg.beta
+            )
+        slots = self._feature_slots(memories).numpy()  # [B, K, D]
+        rows = np.concatenate([p[:, None, :], cfg.alpha * slots], axis=1)  # [B, 1+K, D]
+        return kernels.feature_candidate_logits_np(rows, self._q_np, self._z1_np, cands)
 
     def _retrieval_basis(self) -> torch.Tensor:
         """Feature-level: top principal directions of the item table, [D + K·D, R], R = 2·D.
@@ -348,36 +354,41 @@ class Scorer:
         rows, cols = self._exclusion(exclude)
         with torch.no_grad():
             if mode == "exact" or candidates >= self.num_items:
-                logits = self.logits_many(user_ids, memories)  # [B, N+1]
+                logits = self.logits_many(user_ids, memories).numpy()  # [B, N+1]
                 logits[rows, cols] = -math.inf
-                top_logits, top_index = torch.topk(logits, min(k, self.num_items), dim=1)
+                top_index = kernels.top_k_rows_np(logits, min(k, self.num_items))  # [B, k]
+                top_logits = np.take_along_axis(logits, top_index, axis=1)
             elif mode == "two-stage":
                 queries, item_vectors = self._retrieval(user_ids, memories)  # [B, R], [N+1, R]
-                coarse = queries @ item_vectors.T  # [B, N+1]
+                coarse = (queries @ item_vectors.T).numpy()  # [B, N+1]
                 coarse[:, PAD] = -math.inf
                 coarse[rows, cols] = -math.inf
                 cands = top_unsorted(coarse, min(candidates, self.num_items))  # [B, C]
                 exact = self._candidate_logits(user_ids, memories, cands)  # [B, C]
-                exact = exact.masked_fill(torch.isinf(coarse.gather(1, cands)), -math.inf)
-                top_logits, pos = torch.topk(exact, min(k, cands.shape[1]), dim=1)
-                top_index = cands.gather(1, pos)
+                exact[np.isneginf(np.take_along_axis(coarse, cands, axis=1))] = -math.inf
+                pos = kernels.top_k_rows_np(exact, min(k, cands.shape[1]))  # [B, k]
+                top_logits = np.take_along_axis(exact, pos, axis=1)
+                top_index = np.take_along_axis(cands, pos, axis=1)
             else:
                 msg = f"unknown scoring mode {mode!r}; expected 'exact' or 'two-stage'"
                 raise ValueError(msg)
-            reasons = self._reasons(memories, top_index)
+            reasons = self._reasons(memories, torch.from_numpy(top_index))
+        top_scores = _sigmoid_np(top_logits)  # [B, k] float64
         out: list[list[Recommendation]] = []
         raw = self.items.raw
-        for b, (row_logits, row_index) in enumerate(
-            zip(top_logits.tolist(), top_index.tolist(), strict=True)
+        for b, (row_logits, row_scores, row_index) in enumerate(
+            zip(top_logits.tolist(), top_scores.tolist(), top_index.tolist(), strict=True)
         ):
             if self.is_empty(memories[b]) and not self.knows_user(user_ids[b]):
                 out.append(self.popular(k, exclude[b]))
                 continue
             recs = []
-            for j, (logit, index) in enumerate(zip(row_logits, row_index, strict=True)):
+            for j, (logit, score, index) in enumerate(
+                zip(row_logits, row_scores, row_index, strict=True)
+            ):
                 if logit == -math.inf:
                     break
-                recs.append(Recommendation(raw(index), _sigmoid(logit), reasons[b][j]))
+                recs.append(Recommendation(raw(index), score, reasons[b][j]))
             out.append(recs)
         return out
 
@@ -427,7 +438,7 @@ class Scorer:
         return out
 
 
-def top_unsorted(scores: torch.Tensor, count: int) -> torch.Tensor:
+def top_unsorted(scores: np.ndarray, count: int) -> np.ndarray:
     """Column indices of the ``count`` largest entries of each row, in no order: [B, count].
 
     The same set as ``torch.topk`` (ties aside), without ordering it: numpy's
@@ -435,13 +446,13 @@ def top_unsorted(scores: torch.Tensor, count: int) -> torch.Tensor:
     and the candidates are re-ranked exactly anyway.
     """
     if count >= scores.shape[1]:
-        return torch.arange(scores.shape[1]).expand(scores.shape[0], -1).contiguous()
-    picked = np.argpartition(scores.numpy(), scores.shape[1] - count, axis=1)
-    return torch.from_numpy(np.ascontiguousarray(picked[:, -count:]))
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    picked = np.argpartition(scores, scores.shape[1] - count, axis=1)
+    return np.ascontiguousarray(picked[:, -count:])
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+def _sigmoid_np(x: np.ndarray) -> np.ndarray:
+    """σ(x) in float64 without overflow for large |x| (exp of -|x| only)."""
+    x = x.astype(np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import torch
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -106,13 +107,14 @@ def check_scorer(scorer: Scorer, expected_version: str | None = None) -> None:
             f"{expected_version}; the store and the topic disagree"
         )
         raise ArtifactError(msg)
-    probe = scorer.score_many(["\x00probe"], [scorer.empty_memory()], [()], 1)
-    memory = scorer.empty_memory()
+    memories = [scorer.empty_memory()]
     if scorer.num_items:
-        memory = scorer.write_one(memory, scorer.items.raw(1))
-        probe += scorer.score_many(["\x00probe"], [memory], [()], 1)
+        memories.append(scorer.write_one(memories[0], scorer.items.raw(1)))
+    users = ["\x00probe"] * len(memories)
+    logits = scorer.logits_many(users, memories)[:, 1:]  # column 0 is padding (-inf)
+    probe = scorer.score_many(users, memories, [()] * len(memories), 1)
     scores = [rec.score for recs in probe for rec in recs]
-    if not all(math.isfinite(s) for s in scores):
+    if not bool(torch.isfinite(logits).all()) or not all(math.isfinite(s) for s in scores):
         msg = f"model {scorer.version} scores NaN or infinity; its weights are corrupt"
         raise ArtifactError(msg)
 

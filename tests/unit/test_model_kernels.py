@@ -111,3 +111,33 @@ def test_full_catalogue_logits_equal_candidate_logits() -> None:
             full = net.logits_all(users, memory)[:, 1:]
             part = net.logits(users, memory, cands)
         torch.testing.assert_close(full, part, rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_candidate_kernels_equal_the_torch_kernels() -> None:
+    rng = np.random.default_rng(3)
+    b, c, k, d, n = 4, 6, 3, 5, 9
+    q_all = rng.standard_normal((n, d)).astype(np.float32)
+    cands = rng.integers(0, n, (b, c))
+    p = rng.standard_normal((b, d)).astype(np.float32)
+    # Item level: rows with 0, 1 and 3 occupied slots.
+    mem_q = rng.standard_normal((b, k, d)).astype(np.float32)
+    mask = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 1], [0, 1, 1]], dtype=bool)
+    got = kernels.item_candidate_logits_np(p, mem_q, mask, q_all, cands, 0.3, 1.7)
+    want = kernels.item_logits(
+        t(p), t(q_all[cands]), t(mem_q), torch.from_numpy(mask), alpha=0.3, beta=1.7
+    )
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    # Feature level.
+    z_all = kernels.feature_attention(t(q_all), t(rng.standard_normal((k, d))), 1.0).numpy()
+    memory = rng.standard_normal((b, k, d)).astype(np.float32)
+    rows = np.concatenate([p[:, None, :], 0.4 * memory], axis=1)
+    z1_all = np.concatenate([np.ones((n, 1), np.float32), z_all], axis=1)
+    got = kernels.feature_candidate_logits_np(rows, q_all, z1_all, cands)
+    want = kernels.feature_logits(t(p), t(q_all[cands]), t(z_all[cands]), t(memory), alpha=0.4)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_rows_best_first_with_ties_to_the_lower_column() -> None:
+    scores = np.array([[0.1, 0.9, 0.5, 0.9, -np.inf], [3.0, 2.0, 1.0, 0.0, 4.0]])
+    np.testing.assert_array_equal(kernels.top_k_rows_np(scores, 3), [[1, 3, 2], [4, 0, 1]])
+    np.testing.assert_array_equal(kernels.top_k_rows_np(scores, 9)[0], [1, 3, 2, 0, 4])
