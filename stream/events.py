@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import msgpack
+import orjson
 
 from stream.settings import Settings
 
@@ -60,6 +61,19 @@ def _content_type(headers: list[tuple[str, bytes]] | None) -> str | None:
     return None
 
 
+def _json_loads(value: bytes) -> Any:
+    """orjson (the hot path), then the standard library for what only it reads.
+
+    Python's ``json.dumps`` writes ``NaN`` and ``Infinity``, which orjson rejects as
+    not JSON; read them so that such an event is dead-lettered for its timestamp
+    (``bad_timestamp``), which tells the producer's owner what to fix.
+    """
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return json.loads(value)
+
+
 def decode_value(
     value: bytes | None, headers: list[tuple[str, bytes]] | None, settings: Settings
 ) -> Any | Rejection:
@@ -86,7 +100,7 @@ def decode_value(
     for fmt in formats:
         try:
             if fmt == "json":
-                return json.loads(value)
+                return _json_loads(value)
             return msgpack.unpackb(value, raw=False, strict_map_key=False)
         except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
             errors.append(f"not valid {fmt}: {exc}")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from model.serving import Memory, Recommendation, Scorer
 from stream.events import Position, Purchase, Rejection, parse_purchase
 from stream.settings import Settings
@@ -161,8 +163,11 @@ def items_payload(recommendations: Sequence[Recommendation]) -> list[dict[str, A
 
 def score_requests(
     requests: Sequence[ScoreRequest], scorer: Scorer, settings: Settings
-) -> list[dict[str, Any]]:
-    """One batched scoring call for the whole batch; one message per request."""
+) -> list[bytes]:
+    """One batched scoring call for the whole batch; one encoded JSON message per request.
+
+    Encoding happens here, in the scoring thread, so the event loop only sends bytes.
+    """
     ranked = recommend_many(
         scorer,
         [r.user_id for r in requests],
@@ -173,13 +178,15 @@ def score_requests(
     )
     generated_at = time.time()
     return [
-        {
-            "user_id": request.user_id,
-            "items": items_payload(recommendations),
-            "model_version": scorer.version,
-            "event_ids": list(request.event_ids),
-            "event_ts": request.event_ts,
-            "generated_at": generated_at,
-        }
+        orjson.dumps(
+            {
+                "user_id": request.user_id,
+                "items": items_payload(recommendations),
+                "model_version": scorer.version,
+                "event_ids": list(request.event_ids),
+                "event_ts": request.event_ts,
+                "generated_at": generated_at,
+            }
+        )
         for request, recommendations in zip(requests, ranked, strict=True)
     ]

@@ -16,7 +16,8 @@ def run(records, variant="item", store=None, **changes):
     store = {} if store is None else store
     conf = settings(**changes)
     batch = apply_batch(records, lambda user, _index: store.get(user), scorer, conf, now=2e9)
-    messages = score_requests(batch.requests, scorer, conf)
+    # The wire form: each message is the JSON the worker sends.
+    messages = [json.loads(m) for m in score_requests(batch.requests, scorer, conf)]
     store.update(batch.states)
     return scorer, batch, messages
 
