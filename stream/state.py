@@ -6,11 +6,14 @@ back to the table (``table[user] = encode_state(state)``) so the changelog sees
 every change.
 
 State per user is bounded: the memory (K ids or K×D floats), the last H raw
-item ids, the last R event ids with their timestamps, and a few scalars.
+item ids, the last R event ids (as 64-bit hashes) with their timestamps, and a
+few scalars.
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -20,7 +23,18 @@ import msgpack
 from model.serving import Memory, Scorer
 from stream.events import Purchase
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 1: the dedupe ring held raw event ids; still read, written as 2
+
+
+def event_key(event_id: str) -> int:
+    """A stable 64-bit hash of an event id: what the dedupe ring remembers.
+
+    Raw ids are tens of bytes each (a replayed log's ids carry a content hash), and
+    the ring holds R of them per user; 8 bytes keep the state small. Python's own
+    ``hash`` is salted per process, so it would not survive a restart. A collision
+    among one user's R most recent events (2**-64 per pair) would skip one event.
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 @dataclass(frozen=True)
@@ -28,7 +42,7 @@ class UserState:
     memory: Memory
     memory_version: str  # the model version that wrote ``memory``
     history: tuple[str, ...]  # last H raw item ids, oldest first (known or not)
-    recent: tuple[tuple[str, float], ...]  # last R (event_id, ts), oldest first
+    recent: tuple[tuple[int, float], ...]  # last R (event_key(event_id), ts), oldest first
     last_ts: float
     applied: int  # events applied over the user's lifetime
 
@@ -66,8 +80,8 @@ def current_memory(state: UserState, scorer: Scorer) -> Memory:
 
 
 def is_duplicate(state: UserState, purchase: Purchase, limits: Limits) -> Outcome | None:
-    ids = {event_id for event_id, _ts in state.recent}
-    if purchase.event_id in ids:
+    key = event_key(purchase.event_id)
+    if any(seen == key for seen, _ts in state.recent):
         return Outcome.DUPLICATE
     if len(state.recent) >= limits.dedupe_ring and purchase.ts < min(
         ts for _id, ts in state.recent
@@ -94,7 +108,7 @@ def apply_purchase(
         memory=memory,
         memory_version=scorer.version,
         history=(*state.history, purchase.item_id)[-limits.history :],
-        recent=(*state.recent, (purchase.event_id, purchase.ts))[-limits.dedupe_ring :],
+        recent=(*state.recent, (event_key(purchase.event_id), purchase.ts))[-limits.dedupe_ring :],
         last_ts=max(state.last_ts, purchase.ts),
         applied=state.applied + 1,
     )
@@ -115,7 +129,7 @@ def encode_state(state: UserState, scorer: Scorer) -> bytes:
         "m": memory,
         "v": state.memory_version if memory is not None else "",
         "h": list(state.history),
-        "r": [[event_id, ts] for event_id, ts in state.recent],
+        "r": _pack_ring(state.recent),
         "t": state.last_ts,
         "n": state.applied,
     }
@@ -131,8 +145,9 @@ def decode_state(raw: bytes, scorer: Scorer) -> UserState:
     shape may differ); it is rebuilt from the history when the state is next used."""
     try:
         payload = msgpack.unpackb(raw, raw=False)
-        if payload.get("f") != STATE_FORMAT:
-            raise StateDecodeError(f"state format {payload.get('f')!r}, expected {STATE_FORMAT}")
+        fmt = payload.get("f")
+        if fmt not in (1, STATE_FORMAT):
+            raise StateDecodeError(f"state format {fmt!r}, expected 1 or {STATE_FORMAT}")
         history = tuple(str(item) for item in payload["h"])
         version = str(payload["v"])
         if version == scorer.version and payload["m"] is not None:
@@ -144,7 +159,7 @@ def decode_state(raw: bytes, scorer: Scorer) -> UserState:
             memory=memory,
             memory_version=version,
             history=history,
-            recent=tuple((str(event_id), float(ts)) for event_id, ts in payload["r"]),
+            recent=_unpack_ring(payload["r"]) if fmt == STATE_FORMAT else _ring_v1(payload["r"]),
             last_ts=float(payload["t"]),
             applied=int(payload["n"]),
         )
@@ -152,3 +167,22 @@ def decode_state(raw: bytes, scorer: Scorer) -> UserState:
         if isinstance(exc, StateDecodeError):
             raise
         raise StateDecodeError(f"stored user state is unreadable: {exc!r}") from exc
+
+
+def _pack_ring(recent: tuple[tuple[int, float], ...]) -> bytes:
+    """The ring as little-endian uint64 keys, then float64 timestamps (16 bytes an entry)."""
+    n = len(recent)
+    return struct.pack(f"<{n}Q{n}d", *(k for k, _ in recent), *(ts for _, ts in recent))
+
+
+def _unpack_ring(raw: Any) -> tuple[tuple[int, float], ...]:
+    if not isinstance(raw, bytes) or len(raw) % 16:
+        raise StateDecodeError(f"dedupe ring must be bytes of 16-byte entries, got {raw!r:.64}")
+    n = len(raw) // 16
+    values = struct.unpack(f"<{n}Q{n}d", raw)
+    return tuple(zip(values[:n], values[n:], strict=True))
+
+
+def _ring_v1(raw: Any) -> tuple[tuple[int, float], ...]:
+    """Format 1 kept raw event ids: hash them as format 2 would have."""
+    return tuple((event_key(str(event_id)), float(ts)) for event_id, ts in raw)
