@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -47,7 +46,7 @@ from stream.processing import (
 )
 from stream.settings import Settings
 from stream.state import StateDecodeError, UserState, decode_state, encode_state, refresh
-from stream.tuning import faust_throughput_options
+from stream.tuning import faust_throughput_options, rocksdb_options
 
 log = get_logger("rum.worker")
 
@@ -269,7 +268,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         partitions=settings.partitions,
         key_type=bytes,  # bytes types make faust store them raw (msgpack is ours)
         value_type=bytes,
-        options={"driver": "rocksdict"} if store.startswith("rocksdb") else None,
+        options=rocksdb_options(settings) if store.startswith("rocksdb") else None,
     )
 
     async def to_recommendations(
@@ -405,9 +404,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         metrics.scoring_seconds.observe(time.perf_counter() - started)
         for request, message in zip(batch.requests, messages, strict=True):
             await runtime.send_recommendation(
-                request.user_id.encode(),
-                json.dumps(message).encode(),
-                [("content-type", b"application/json")],
+                request.user_id.encode(), message, [("content-type", b"application/json")]
             )
             now_ms = time.time() * 1000
             for ts_ms in request.record_ts_ms:

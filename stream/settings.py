@@ -112,6 +112,16 @@ class Settings:
         "RUM_PROCESSING_GUARANTEE", "at_least_once", "Faust processing guarantee"
     )
     torch_threads: int = _setting("RUM_TORCH_THREADS", 1, "torch intra-op threads for scoring")
+    rocksdb_write_buffer_mb: int = _setting(
+        "RUM_ROCKSDB_WRITE_BUFFER_MB",
+        16,
+        "RocksDB memtable size per state partition (two at most; Faust's default is 3 x 64)",
+    )
+    rocksdb_block_cache_mb: int = _setting(
+        "RUM_ROCKSDB_BLOCK_CACHE_MB",
+        32,
+        "RocksDB block cache per state partition (Faust's default is 2048)",
+    )
     log_level: str = _setting("RUM_LOG_LEVEL", "info", "log level")
     resync_idle_s: float = _setting(
         "RUM_RESYNC_IDLE_S",
@@ -181,6 +191,8 @@ class Settings:
             "dedupe_ring",
             "web_port",
             "trainer_threads",
+            "rocksdb_write_buffer_mb",
+            "rocksdb_block_cache_mb",
         ):
             if getattr(self, name) < 1:
                 env = self.__dataclass_fields__[name].metadata["env"]
