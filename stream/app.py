@@ -14,10 +14,8 @@ offsets are untouched, so no event is lost or applied twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -25,7 +23,6 @@ from typing import Any, cast
 import faust
 import torch
 from faust.exceptions import SameNode
-from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
@@ -36,6 +33,13 @@ from stream.logs import get_logger
 from stream.metrics import Metrics
 from stream.models import Announcement, AnnouncementError, load_announced
 from stream.ordering import OffsetGuard, Verdict
+from stream.output import (
+    BatchOutput,
+    FaustOutput,
+    RecordBatchOutput,
+    TransactionalOutput,
+    as_current_event,
+)
 from stream.processing import (
     AppliedBatch,
     Record,
@@ -154,23 +158,6 @@ def _record(event: faust.types.EventT) -> Record:
     )
 
 
-@contextlib.contextmanager
-def as_current_event(event: faust.types.EventT) -> Iterator[None]:
-    """Make ``event`` the one tables see as current (its partition picks the RocksDB
-    database and the changelog partition), for this task only.
-
-    Only faust's context variable is set, never ``Stream.current_event``: the
-    micro-batch buffer (``take_events``) reads that attribute to pair each buffered
-    value with its event, and pointing it at an older record made the buffer take
-    one record twice and lose another.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 class WorkerApp(faust.App):
     """faust.App whose consumer rewinds input partitions that have no committed offset.
 
@@ -284,6 +271,27 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     runtime.send_recommendation = to_recommendations
     runtime.send_dead_letter = to_dead_letters
 
+    def batch_output() -> BatchOutput:
+        """The output of the next batch (see :mod:`stream.output` for the three kinds)."""
+        if exactly_once:
+            return TransactionalOutput(
+                states,
+                runtime.send_recommendation,
+                runtime.send_dead_letter,
+                app,
+                settings.topic_recommendations,
+                settings.topic_dlq,
+            )
+        if not store.startswith("rocksdb"):  # Faust's agent tests
+            return FaustOutput(states, runtime.send_recommendation, runtime.send_dead_letter)
+        if batched.producer is None:
+            # Faust's aiokafka producer, started with the app (Producer._ensure_producer).
+            producer: Any = app.producer
+            batched.producer = producer._ensure_producer()
+        return batched
+
+    batched = RecordBatchOutput(None, states, settings.topic_recommendations, settings.topic_dlq)
+
     def load_state(user_id: str, scorer: Scorer) -> UserState | None:
         raw = states.get(user_id.encode())
         if raw is None:
@@ -296,7 +304,12 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             log.error("state_unreadable", user_id=user_id, error=str(exc))
             return None
 
-    async def send_dead_letters(records: list[Record], batch: AppliedBatch) -> None:
+    async def send_dead_letters(
+        records: list[Record],
+        events: list[faust.types.EventT],
+        batch: AppliedBatch,
+        output: BatchOutput,
+    ) -> None:
         for index, rejection in batch.dead_letters:
             record = records[index]
             pos = record.position
@@ -309,7 +322,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 ("rum-source-offset", str(pos.offset).encode()),
                 *record.headers,
             ]
-            await runtime.send_dead_letter(record.key, record.value, headers)
+            await output.dead_letter(events[index], record.key, record.value, headers)
             runtime.metrics.dead_letters.labels(rejection.reason).inc()
             log.warning(
                 "dead_letter",
@@ -363,7 +376,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             runtime.metrics.resyncs.inc()
             await app.consumer.seek(tp, offset)
 
-    async def handle(stream: faust.Stream[Any], all_events: list[faust.types.EventT]) -> None:
+    async def handle(all_events: list[faust.types.EventT], output: BatchOutput) -> None:
         metrics = runtime.metrics
         # Read once: a model swapped in while this batch awaits lands on the next batch.
         scorer = runtime.scorer
@@ -387,12 +400,11 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             metrics.events.labels(outcome.split(":", 1)[0]).inc(count)
         metrics.duplicates.inc(batch.outcomes["duplicate"] + batch.outcomes["stale"])
         metrics.unknown_items.inc(batch.outcomes["applied_unknown_item"])
-        await send_dead_letters(records, batch)
+        await send_dead_letters(records, events, batch, output)
         for user_id, state in batch.states.items():
-            # The table writes its changelog to the partition of the current event:
-            # point it at this user's own record (a batch spans partitions).
-            with as_current_event(events[batch.last_index[user_id]]):
-                states[user_id.encode()] = encode_state(state, scorer)
+            # Each user's record: its partition is the user's state partition.
+            last = events[batch.last_index[user_id]]
+            output.write_state(last, user_id.encode(), encode_state(state, scorer))
         failpoint("after_state_write")
         if not batch.requests:
             return
@@ -402,16 +414,15 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             runtime.executor, score_requests, batch.requests, scorer, settings
         )
         metrics.scoring_seconds.observe(time.perf_counter() - started)
+        headers = [("content-type", b"application/json")]
         for request, message in zip(batch.requests, messages, strict=True):
-            await runtime.send_recommendation(
-                request.user_id.encode(), message, [("content-type", b"application/json")]
-            )
+            event = events[batch.last_index[request.user_id]]
+            await output.recommend(event, request.user_id.encode(), message, headers)
             now_ms = time.time() * 1000
             for ts_ms in request.record_ts_ms:
                 if ts_ms:
                     metrics.lag_seconds.observe(max(0.0, (now_ms - ts_ms) / 1000))
         metrics.recommendations.inc(len(messages))
-        failpoint("after_send")
 
     async def commit_batch(stream: faust.Stream[Any], events: Sequence[faust.types.EventT]) -> None:
         """Exactly-once: commit each batch's transactions before the next batch sends.
@@ -420,38 +431,81 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         that batch's recommendations into a committed transaction with offsets from
         before it: after a crash the batch ran again and read_committed consumers saw
         its event ids twice. Here the timer is off (see ``create_app``); the batch's
-        events are acked (take_events acks them again, a no-op) and committed with its
-        output, atomically per partition, before the next batch starts.
+        events are acked and committed with its output, atomically per partition,
+        before the next batch starts.
         """
+        await ack_all(stream, events)
+        await app.producer.flush()  # the table's changelog writes
+        failpoint("after_delivery")
+        await app.consumer.commit()
+
+    async def ack_all(stream: faust.Stream[Any], events: Sequence[faust.types.EventT]) -> None:
+        # Every event of the batch, also those the offset guard held back: Faust waits
+        # for unacked events at a rebalance, and OffsetGuard.commit_limit keeps the
+        # commit from passing the held-back ones.
         for event in events:
             await stream.ack(event)
-        await app.producer.flush()  # the table's changelog writes
-        await app.consumer.commit()
+
+    acking: set[asyncio.Task[None]] = set()
+
+    async def ack_when_delivered(
+        stream: faust.Stream[Any], events: Sequence[faust.types.EventT], delivered: Any
+    ) -> None:
+        """At-least-once: ack a batch once its state changes and outputs are in Kafka,
+        while the next batch is already being worked on."""
+        try:
+            await delivered
+        except Exception as exc:  # the producer gave up: nothing of it may be committed
+            first = events[0].message
+            log.error(
+                "batch_not_delivered",
+                error=repr(exc),
+                topic=first.topic,
+                partition=first.partition,
+                offset=first.offset,
+                size=len(events),
+            )
+            await app.crash(exc)
+            return
+        failpoint("after_delivery")
+        await ack_all(stream, events)
 
     busy_since: list[float | None] = [None]  # when the running batch began
     last_batch_at = [time.monotonic()]
 
     @app.agent(purchases, name="rum-purchases")
     async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
-        # Agents are handed a concrete Stream; take_events is not on the StreamT protocol.
+        # Agents are handed a concrete Stream; noack_take is not on the StreamT protocol.
         stream = cast(faust.Stream[Any], stream_t)
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+        # noack_take: the batch's events are acked by us, once delivered (take_events
+        # acked them as soon as the loop body returned, before the producer had sent).
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
             busy_since[0] = time.monotonic()
+            batch_events = cast(list[faust.types.EventT], list(events))
+            output = batch_output()
             try:
-                await handle(stream, list(events))
+                await handle(batch_events, output)
+                delivered = await output.close()
             except Exception as exc:
-                first = events[0].message if events else None
+                first = batch_events[0].message if batch_events else None
                 log.exception(
                     "batch_failed",
                     error=repr(exc),
                     topic=getattr(first, "topic", None),
                     partition=getattr(first, "partition", None),
                     offset=getattr(first, "offset", None),
-                    size=len(events),
+                    size=len(batch_events),
                 )
                 raise
+            failpoint("after_send")
             if exactly_once:
-                await commit_batch(stream, events)
+                await commit_batch(stream, batch_events)
+            elif delivered is None:
+                await ack_all(stream, batch_events)
+            else:
+                task = asyncio.ensure_future(ack_when_delivered(stream, batch_events, delivered))
+                acking.add(task)
+                task.add_done_callback(acking.discard)
             busy_since[0] = None
             last_batch_at[0] = time.monotonic()
 

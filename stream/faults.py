@@ -7,7 +7,10 @@ a random moment. Unset in production: every check is then one dict lookup.
 
 Points: ``after_apply`` (batch applied in memory, no state written),
 ``after_state_write`` (state assigned to the table, nothing sent or committed),
-``after_send`` (recommendations handed to the producer, offsets not committed).
+``after_send`` (recommendations handed to the producer, offsets not committed),
+``after_delivery`` (the batch's state changes and recommendations are in Kafka,
+its offsets are neither acked nor committed; under exactly-once its transaction
+is still open).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_apply", "after_state_write", "after_send")
+POINTS = ("after_apply", "after_state_write", "after_send", "after_delivery")
 
 
 class _Failpoints:
