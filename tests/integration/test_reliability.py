@@ -367,7 +367,9 @@ def test_exactly_once_output_has_no_duplicate_event_ids(
         crashing = deployment.worker(
             # Output delivered inside the open transaction, offsets not committed: a
             # record sent outside the transaction would now be read twice.
-            "crash", data_dir=data_dir, RUM_FAILPOINT="after_delivery:3"
+            "crash",
+            data_dir=data_dir,
+            RUM_FAILPOINT="after_delivery:3",
         ).start()
         deadline = time.monotonic() + 120
         while crashing.alive() and time.monotonic() < deadline:
