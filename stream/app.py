@@ -27,6 +27,8 @@ from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
 from model.serving import Scorer
+from stream import fastpath
+from stream.batching import MicroBatcher
 from stream.events import Position
 from stream.faults import failpoint
 from stream.logs import get_logger
@@ -177,6 +179,7 @@ class WorkerApp(faust.App):
     def _new_consumer(self) -> Any:
         # The concrete aiokafka consumer; ConsumerT (the protocol) lacks these methods.
         consumer: Any = super()._new_consumer()
+        fastpath.install(consumer)  # one step per record instead of four tasks
         input_topic = self.input_topic
         new_offset = consumer._new_offset
 
@@ -284,16 +287,22 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             )
         if not store.startswith("rocksdb"):  # Faust's agent tests
             return FaustOutput(states, runtime.send_recommendation, runtime.send_dead_letter)
-        if batched.producer is None:
-            # Faust's aiokafka producer, started with the app (Producer._ensure_producer).
-            producer: Any = app.producer
-            batched.producer = producer._ensure_producer()
-        return batched
+        # Faust's aiokafka producer, started with the app (Producer._ensure_producer).
+        producer: Any = app.producer
+        return RecordBatchOutput(
+            producer._ensure_producer(),
+            states,
+            settings.topic_recommendations,
+            settings.topic_dlq,
+            persisted_offsets,
+        )
 
-    batched = RecordBatchOutput(None, states, settings.topic_recommendations, settings.topic_dlq)
+    persisted_offsets: dict[int, int] = {}  # changelog partition -> last offset in RocksDB
 
     def load_state(user_id: str, scorer: Scorer) -> UserState | None:
-        raw = states.get(user_id.encode())
+        # The store itself, not the table: Table.get checks `key in store` and then
+        # reads the key again (two RocksDB lookups and five Python layers per read).
+        raw = states.data.get(user_id.encode())
         if raw is None:
             return None
         try:
@@ -376,7 +385,17 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             runtime.metrics.resyncs.inc()
             await app.consumer.seek(tp, offset)
 
-    async def handle(all_events: list[faust.types.EventT], output: BatchOutput) -> None:
+    @dataclass
+    class Prepared:
+        """A batch applied and written, its scoring under way in the scoring thread."""
+
+        events: list[faust.types.EventT]  # the admitted ones
+        batch: AppliedBatch
+        scoring: asyncio.Future[list[bytes]] | None
+        started: float
+
+    async def prepare(all_events: list[faust.types.EventT], output: BatchOutput) -> Prepared:
+        """Validate, apply and write the state of a batch; start scoring it."""
         metrics = runtime.metrics
         # Read once: a model swapped in while this batch awaits lands on the next batch.
         scorer = runtime.scorer
@@ -384,7 +403,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         if gaps:
             await read_gaps_again()
         if not events:
-            return
+            return Prepared(events, AppliedBatch(), None, time.perf_counter())
         records = [_record(event) for event in events]
         metrics.batch_size.observe(len(records))
 
@@ -406,15 +425,23 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             last = events[batch.last_index[user_id]]
             output.write_state(last, user_id.encode(), encode_state(state, scorer))
         failpoint("after_state_write")
-        if not batch.requests:
+        scoring = None
+        if batch.requests:
+            loop = asyncio.get_running_loop()
+            scoring = loop.run_in_executor(
+                runtime.executor, score_requests, batch.requests, scorer, settings
+            )
+        return Prepared(events, batch, scoring, time.perf_counter())
+
+    async def finish(prepared: Prepared, output: BatchOutput) -> None:
+        """Hand the batch's recommendations to the output once they are scored."""
+        if prepared.scoring is None:
             return
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(
-            runtime.executor, score_requests, batch.requests, scorer, settings
-        )
-        metrics.scoring_seconds.observe(time.perf_counter() - started)
+        metrics = runtime.metrics
+        messages = await prepared.scoring
+        metrics.scoring_seconds.observe(time.perf_counter() - prepared.started)
         headers = [("content-type", b"application/json")]
+        batch, events = prepared.batch, prepared.events
         for request, message in zip(batch.requests, messages, strict=True):
             event = events[batch.last_index[request.user_id]]
             await output.recommend(event, request.user_id.encode(), message, headers)
@@ -446,46 +473,89 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         for event in events:
             await stream.ack(event)
 
-    acking: set[asyncio.Task[None]] = set()
+    background: set[asyncio.Task[Any]] = set()
+
+    def in_background(
+        coro: Awaitable[None], events: Sequence[faust.types.EventT]
+    ) -> asyncio.Task[None]:
+        """A task for the rest of a batch; if it fails, the worker crashes (nothing of
+        the batch was acked, so a restart reads it again)."""
+        task = asyncio.ensure_future(coro)
+        background.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            background.discard(task)
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = cast(BaseException, task.exception())
+            first = events[0].message if events else None
+            log.error(
+                "batch_failed",
+                error=repr(exc),
+                topic=getattr(first, "topic", None),
+                partition=getattr(first, "partition", None),
+                offset=getattr(first, "offset", None),
+                size=len(events),
+            )
+            crash = asyncio.ensure_future(app.crash(exc))
+            background.add(crash)
+            crash.add_done_callback(background.discard)
+
+        task.add_done_callback(done)
+        return task
 
     async def ack_when_delivered(
         stream: faust.Stream[Any], events: Sequence[faust.types.EventT], delivered: Any
     ) -> None:
         """At-least-once: ack a batch once its state changes and outputs are in Kafka,
         while the next batch is already being worked on."""
-        try:
-            await delivered
-        except Exception as exc:  # the producer gave up: nothing of it may be committed
-            first = events[0].message
-            log.error(
-                "batch_not_delivered",
-                error=repr(exc),
-                topic=first.topic,
-                partition=first.partition,
-                offset=first.offset,
-                size=len(events),
-            )
-            await app.crash(exc)
-            return
+        await delivered  # raises if the producer gave up: nothing of the batch is acked
         failpoint("after_delivery")
         await ack_all(stream, events)
+
+    async def complete(
+        stream: faust.Stream[Any],
+        events: list[faust.types.EventT],
+        prepared: Prepared,
+        output: BatchOutput,
+    ) -> None:
+        """The second half of a batch: recommendations, hand-over to Kafka, acks."""
+        await finish(prepared, output)
+        delivered = await output.close()
+        failpoint("after_send")
+        if delivered is None:
+            await ack_all(stream, events)
+        else:
+            in_background(ack_when_delivered(stream, events, delivered), events)
 
     busy_since: list[float | None] = [None]  # when the running batch began
     last_batch_at = [time.monotonic()]
 
-    @app.agent(purchases, name="rum-purchases")
-    async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
-        # Agents are handed a concrete Stream; noack_take is not on the StreamT protocol.
-        stream = cast(faust.Stream[Any], stream_t)
-        # noack_take: the batch's events are acked by us, once delivered (take_events
-        # acked them as soon as the loop body returned, before the producer had sent).
-        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+    async def process_batches(stream: faust.Stream[Any], batcher: MicroBatcher[Any]) -> None:
+        """Micro-batches, pipelined under at-least-once: batch N+1 is applied while N is
+        scored in the scoring thread, so the event loop and scoring overlap (they took
+        turns before). N's records are handed to Kafka before N+1's, so a user's
+        changelog records keep their order. Exactly-once commits each batch's
+        transaction before the next batch writes anything, so it does not overlap.
+        """
+        previous: asyncio.Task[None] | None = None
+        while True:
+            batch_events = cast(list[faust.types.EventT], await batcher.next_batch())
             busy_since[0] = time.monotonic()
-            batch_events = cast(list[faust.types.EventT], list(events))
             output = batch_output()
             try:
-                await handle(batch_events, output)
-                delivered = await output.close()
+                prepared = await prepare(batch_events, output)
+                if exactly_once:
+                    await finish(prepared, output)
+                    await output.close()
+                    failpoint("after_send")
+                    await commit_batch(stream, batch_events)
+                else:
+                    if previous is not None:
+                        await previous  # N's records go to Kafka before N+1's
+                    previous = in_background(
+                        complete(stream, batch_events, prepared, output), batch_events
+                    )
             except Exception as exc:
                 first = batch_events[0].message if batch_events else None
                 log.exception(
@@ -497,17 +567,26 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                     size=len(batch_events),
                 )
                 raise
-            failpoint("after_send")
-            if exactly_once:
-                await commit_batch(stream, batch_events)
-            elif delivered is None:
-                await ack_all(stream, batch_events)
-            else:
-                task = asyncio.ensure_future(ack_when_delivered(stream, batch_events, delivered))
-                acking.add(task)
-                task.add_done_callback(acking.discard)
             busy_since[0] = None
             last_batch_at[0] = time.monotonic()
+
+    @app.agent(purchases, name="rum-purchases")
+    async def process_purchases(stream_t: faust.StreamT[Any]) -> None:
+        """Read events into the micro-batcher; a task of its own processes the batches.
+
+        The stream does not ack: a batch's events are acked once its output is
+        delivered (see :func:`ack_when_delivered`).
+        """
+        stream = cast(faust.Stream[Any], cast(faust.Stream[Any], stream_t).noack())
+        batcher: MicroBatcher[Any] = MicroBatcher(settings.batch_size, settings.batch_wait_s)
+        processor = in_background(process_batches(stream, batcher), [])
+        try:
+            async for event in stream.events():
+                if processor.done():
+                    processor.result()  # its error ends the agent too
+                await batcher.put(event)
+        finally:
+            processor.cancel()
 
     if settings.resync_idle_s > 0:
 

@@ -171,16 +171,17 @@ class _Record:
 class RecordBatchOutput:
     """At-least-once: a batch's records in one aiokafka batch per topic partition.
 
-    One per worker; the agent is sequential, so ``close()`` ends one batch's records.
+    One per batch (batches overlap: the next is written while this one is scored).
     """
 
     producer: Any  # aiokafka.AIOKafkaProducer (started by Faust)
     states: faust.types.TableT[Any, Any]
     recommendations_topic: str
     dlq_topic: str
+    # Shared by the worker's batches: changelog partition -> last offset set in RocksDB.
+    persisted_offsets: dict[int, int]
     _records: dict[tuple[str, int | None], list[_Record]] = field(default_factory=dict)
     _partitioner: DefaultPartitioner = field(default_factory=DefaultPartitioner)
-    _persisted_offsets: dict[int, int] = field(default_factory=dict)
 
     def write_state(self, event: faust.types.EventT, key: bytes, value: bytes) -> None:
         with as_current_event(event):
@@ -253,8 +254,8 @@ class RecordBatchOutput:
         # Deliveries may complete out of order; the offset only moves forward.
         metadata = await delivery
         last = metadata.offset + count - 1
-        if last > self._persisted_offsets.get(partition, -1):
-            self._persisted_offsets[partition] = last
+        if last > self.persisted_offsets.get(partition, -1):
+            self.persisted_offsets[partition] = last
             changelog = self.states.changelog_topic.get_topic_name()
             store = cast(StoreT[Any, Any], self.states.data)
             store.set_persisted_offset(TP(changelog, partition), last)
