@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from faust.exceptions import SameNode
 from faust.tables.manager import TableManager
 from faust.web import Request, Response, View
 
-from model.serving import Scorer
+from model.serving import Recommendation, Scorer
 from stream import fastpath
 from stream.batching import MicroBatcher
 from stream.events import Position
@@ -57,6 +58,7 @@ from stream.tuning import faust_throughput_options, rocksdb_options
 log = get_logger("rum.worker")
 
 STATE_TABLE = "user-state"
+IN_FLIGHT = 4  # batches applied but not yet handed to Kafka (at-least-once pipeline)
 
 
 Send = Callable[[bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[Any]]
@@ -387,25 +389,50 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
     @dataclass
     class Prepared:
-        """A batch applied and written, its scoring under way in the scoring thread."""
+        """A batch admitted; its apply, state writes and scoring under way."""
 
         events: list[faust.types.EventT]  # the admitted ones
-        batch: AppliedBatch
-        scoring: asyncio.Future[list[bytes]] | None
-        started: float
+        records: list[Record]
+        work: asyncio.Future[tuple[AppliedBatch, list[bytes]]]  # batch, encoded messages
+
+    def write_states(
+        batch: AppliedBatch, events: list[faust.types.EventT], scorer: Scorer, output: BatchOutput
+    ) -> None:
+        for user_id, state in batch.states.items():
+            # Each user's record: its partition is the user's state partition.
+            last = events[batch.last_index[user_id]]
+            output.write_state(last, user_id.encode(), encode_state(state, scorer))
+        failpoint("after_state_write")
+
+    def scored(batch: AppliedBatch, scorer: Scorer) -> tuple[AppliedBatch, list[bytes]]:
+        if not batch.requests:
+            return batch, []
+        started = time.perf_counter()
+        messages = score_requests(batch.requests, scorer, settings)
+        runtime.metrics.scoring_seconds.observe(time.perf_counter() - started)
+        return batch, messages
 
     async def prepare(all_events: list[faust.types.EventT], output: BatchOutput) -> Prepared:
-        """Validate, apply and write the state of a batch; start scoring it."""
-        metrics = runtime.metrics
+        """Admit a batch and start its work: validate, apply, write the states, score.
+
+        With an output that may be written from another thread (the RocksDB store and
+        record batches of at-least-once), all of it runs in the scoring thread: the
+        event loop only reads events and sends, so it keeps reading while a batch is
+        worked on (Faust's stream hands over one event per loop iteration, and a loop
+        held up by a big batch let the next events age for seconds at 1,000 events/s).
+        Batches run in that one thread in order, so each sees the states the one
+        before wrote. Faust's own table writes (agent tests, exactly-once) stay on the
+        event loop.
+        """
+        loop = asyncio.get_running_loop()
         # Read once: a model swapped in while this batch awaits lands on the next batch.
         scorer = runtime.scorer
         events = in_partition_order(all_events)
         if gaps:
             await read_gaps_again()
-        if not events:
-            return Prepared(events, AppliedBatch(), None, time.perf_counter())
         records = [_record(event) for event in events]
-        metrics.batch_size.observe(len(records))
+        if records:
+            runtime.metrics.batch_size.observe(len(records))
 
         def load_for_record(user_id: str, index: int) -> UserState | None:
             # RocksDB keeps one database per partition and reads the current event's:
@@ -413,35 +440,35 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             with as_current_event(events[index]):
                 return load_state(user_id, scorer)
 
-        batch = apply_batch(records, load_for_record, scorer, settings)
-        failpoint("after_apply")
+        def applied() -> AppliedBatch:
+            batch = apply_batch(records, load_for_record, scorer, settings)
+            failpoint("after_apply")
+            return batch
+
+        def all_of_it() -> tuple[AppliedBatch, list[bytes]]:
+            batch = applied()
+            write_states(batch, events, scorer, output)
+            return scored(batch, scorer)
+
+        if output.thread_safe:
+            work = loop.run_in_executor(runtime.executor, all_of_it)
+        else:
+            batch = applied()
+            write_states(batch, events, scorer, output)
+            work = loop.run_in_executor(runtime.executor, scored, batch, scorer)
+        return Prepared(events, records, work)
+
+    async def finish(prepared: Prepared, output: BatchOutput) -> None:
+        """Once the work is done: metrics, dead letters and recommendations to the output."""
+        metrics = runtime.metrics
+        batch, messages = await prepared.work
         for outcome, count in batch.outcomes.items():
             metrics.events.labels(outcome.split(":", 1)[0]).inc(count)
         metrics.duplicates.inc(batch.outcomes["duplicate"] + batch.outcomes["stale"])
         metrics.unknown_items.inc(batch.outcomes["applied_unknown_item"])
-        await send_dead_letters(records, events, batch, output)
-        for user_id, state in batch.states.items():
-            # Each user's record: its partition is the user's state partition.
-            last = events[batch.last_index[user_id]]
-            output.write_state(last, user_id.encode(), encode_state(state, scorer))
-        failpoint("after_state_write")
-        scoring = None
-        if batch.requests:
-            loop = asyncio.get_running_loop()
-            scoring = loop.run_in_executor(
-                runtime.executor, score_requests, batch.requests, scorer, settings
-            )
-        return Prepared(events, batch, scoring, time.perf_counter())
-
-    async def finish(prepared: Prepared, output: BatchOutput) -> None:
-        """Hand the batch's recommendations to the output once they are scored."""
-        if prepared.scoring is None:
-            return
-        metrics = runtime.metrics
-        messages = await prepared.scoring
-        metrics.scoring_seconds.observe(time.perf_counter() - prepared.started)
+        events = prepared.events
+        await send_dead_letters(prepared.records, events, batch, output)
         headers = [("content-type", b"application/json")]
-        batch, events = prepared.batch, prepared.events
         for request, message in zip(batch.requests, messages, strict=True):
             event = events[batch.last_index[request.user_id]]
             await output.recommend(event, request.user_id.encode(), message, headers)
@@ -518,9 +545,17 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         events: list[faust.types.EventT],
         prepared: Prepared,
         output: BatchOutput,
+        after: asyncio.Task[None] | None,
     ) -> None:
-        """The second half of a batch: recommendations, hand-over to Kafka, acks."""
+        """The second half of a batch: recommendations, hand-over to Kafka, acks.
+
+        ``after`` is the previous batch's completion: this batch's records go to the
+        producer only once that one's have (a user's changelog records keep their
+        order); its failure fails this one too.
+        """
         await finish(prepared, output)
+        if after is not None:
+            await after
         delivered = await output.close()
         failpoint("after_send")
         if delivered is None:
@@ -531,14 +566,17 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     busy_since: list[float | None] = [None]  # when the running batch began
     last_batch_at = [time.monotonic()]
 
+    completing: deque[asyncio.Task[None]] = deque()  # batches applied, not yet handed over
+
     async def process_batches(stream: faust.Stream[Any], batcher: MicroBatcher[Any]) -> None:
-        """Micro-batches, pipelined under at-least-once: batch N+1 is applied while N is
-        scored in the scoring thread, so the event loop and scoring overlap (they took
-        turns before). N's records are handed to Kafka before N+1's, so a user's
-        changelog records keep their order. Exactly-once commits each batch's
-        transaction before the next batch writes anything, so it does not overlap.
+        """Micro-batches, pipelined under at-least-once: while batch N is scored in the
+        scoring thread and handed to Kafka, the event loop already applies N+1 (they
+        took turns before, and at 1,000 events/s each turn waited out a thread hand-off
+        and a produce round trip: batches of a few events, seconds of lag). At most
+        ``IN_FLIGHT`` batches are between apply and hand-over. Exactly-once commits each
+        batch's transaction before the next batch writes anything, so it does not
+        overlap.
         """
-        previous: asyncio.Task[None] | None = None
         while True:
             batch_events = cast(list[faust.types.EventT], await batcher.next_batch())
             busy_since[0] = time.monotonic()
@@ -551,11 +589,14 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                     failpoint("after_send")
                     await commit_batch(stream, batch_events)
                 else:
-                    if previous is not None:
-                        await previous  # N's records go to Kafka before N+1's
-                    previous = in_background(
-                        complete(stream, batch_events, prepared, output), batch_events
+                    after = completing[-1] if completing else None
+                    task = in_background(
+                        complete(stream, batch_events, prepared, output, after), batch_events
                     )
+                    completing.append(task)
+                    task.add_done_callback(completing.remove)
+                    if len(completing) > IN_FLIGHT:
+                        await completing[0]
             except Exception as exc:
                 first = batch_events[0].message if batch_events else None
                 log.exception(
@@ -605,7 +646,11 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             """
             now = time.monotonic()
             consumer: Any = app.consumer
-            quiet = busy_since[0] is None and now - last_batch_at[0] >= settings.resync_idle_s
+            quiet = (
+                busy_since[0] is None
+                and not completing
+                and now - last_batch_at[0] >= settings.resync_idle_s
+            )
             recovered = cast(TableManager, app.tables).recovery.completed.is_set()
             if not quiet or app.rebalancing or not recovered or purchases.queue.qsize():
                 return
@@ -669,24 +714,19 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 headers={"Retry-After": "1"},
             )
         scorer = runtime.scorer
-        state = load_state(user_id, scorer)
-        if state is not None:
-            state = refresh(state, scorer)
-        memory = state.memory if state is not None else scorer.empty_memory()
-        seen = (
-            frozenset(state.history) if state is not None and settings.exclude_seen else frozenset()
-        )
+
+        def read_and_rank() -> tuple[UserState | None, list[list[Recommendation]]]:
+            # In the scoring thread, where the batches read and write the store too.
+            state = load_state(user_id, scorer)
+            if state is not None:
+                state = refresh(state, scorer)
+            memory = state.memory if state is not None else scorer.empty_memory()
+            seen = frozenset(state.history) if state and settings.exclude_seen else frozenset()
+            ranked = recommend_many(scorer, [user_id], [memory], [seen], k, settings)
+            return state, ranked
+
         loop = asyncio.get_running_loop()
-        ranked = await loop.run_in_executor(
-            runtime.executor,
-            recommend_many,
-            scorer,
-            [user_id],
-            [memory],
-            [seen],
-            k,
-            settings,
-        )
+        state, ranked = await loop.run_in_executor(runtime.executor, read_and_rank)
         body = {
             "user_id": user_id,
             "items": items_payload(ranked[0]),

@@ -65,7 +65,13 @@ def as_current_event(event: faust.types.EventT) -> Iterator[None]:
 
 
 class BatchOutput(Protocol):
-    """The writes of one micro-batch; ``event`` is the input record a write belongs to."""
+    """The writes of one micro-batch; ``event`` is the input record a write belongs to.
+
+    ``thread_safe``: ``write_state`` may be called from the scoring thread (the
+    agent then applies and writes whole batches there).
+    """
+
+    thread_safe: bool
 
     def write_state(self, event: faust.types.EventT, key: bytes, value: bytes) -> None: ...
 
@@ -90,6 +96,7 @@ class FaustOutput:
     states: faust.types.TableT[Any, Any]
     send_recommendation: Send
     send_dead_letter: Send
+    thread_safe = False  # Faust's table sends its changelog from the event loop
 
     def write_state(self, event: faust.types.EventT, key: bytes, value: bytes) -> None:
         # The table writes its changelog to the partition of the current event.
@@ -182,6 +189,9 @@ class RecordBatchOutput:
     persisted_offsets: dict[int, int]
     _records: dict[tuple[str, int | None], list[_Record]] = field(default_factory=dict)
     _partitioner: DefaultPartitioner = field(default_factory=DefaultPartitioner)
+    # The RocksDB store and the record lists: written from the scoring thread while the
+    # event loop does not touch them (it reads them only in close(), after the work).
+    thread_safe = True
 
     def write_state(self, event: faust.types.EventT, key: bytes, value: bytes) -> None:
         with as_current_event(event):
@@ -239,14 +249,18 @@ class RecordBatchOutput:
                     size = len(record.value or b"") + len(record.key or b"")
                     msg = f"a record of {size} bytes does not fit in a producer batch ({topic})"
                     raise ValueError(msg)
-                sent.append(
-                    (await self.producer.send_batch(batch, topic, partition=partition), count)
-                )
+                sent.append((await self._submit(batch, topic, partition), count))
                 batch, count = self.producer.create_batch(), 0
                 batch.append(**record.fields())
             count += 1
-        sent.append((await self.producer.send_batch(batch, topic, partition=partition), count))
+        sent.append((await self._submit(batch, topic, partition), count))
         return sent
+
+    async def _submit(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+        # Closed, the sender takes it at once; an open one would wait out
+        # producer_linger, which only pays when records are sent one by one.
+        batch.close()
+        return await self.producer.send_batch(batch, topic, partition=partition)
 
     async def _persisted(self, delivery: asyncio.Future[Any], partition: int, count: int) -> None:
         # The last offset in RocksDB tells Faust's recovery where the changelog is

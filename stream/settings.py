@@ -75,7 +75,10 @@ class Settings:
         "RUM_MICRO_BATCH", 2048, "largest micro-batch (a backlog is worked off in big ones)"
     )
     batch_wait_s: float = _setting(
-        "RUM_MICRO_BATCH_WAIT_S", 0.02, "longest wait to fill a micro-batch (seconds)"
+        "RUM_MICRO_BATCH_WAIT_S",
+        0.005,
+        "longest an event waits for others to join its micro-batch (seconds); what arrives "
+        "while a batch is processed forms the next one at once",
     )
     emit: Emit = _setting(
         "RUM_EMIT", "user", "`user`: one message per touched user per batch; `event`: one per event"
