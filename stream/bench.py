@@ -691,10 +691,16 @@ def bench_stream(args: argparse.Namespace) -> Figures:
         say(f"producing {len(workload.events)} events to {deployment.purchases}")
         produced_s = produce(bootstrap, deployment.purchases, workload.events)
         figures["produce_events_per_s"] = round(len(workload.events) / produced_s)
-        rum, naive, ratios = [], [], []
+        rum: list[RunResult] = []
+        naive: list[RunResult] = []
+        ratios: list[float] = []
         for run in range(args.repeat):
-            base = run_worker_over(
-                deployment, f"naive{run}", None, len(workload.events), True, timeout
+            base = (
+                None
+                if args.no_baseline
+                else run_worker_over(
+                    deployment, f"naive{run}", None, len(workload.events), True, timeout
+                )
             )
             mine = run_worker_over(
                 deployment,
@@ -705,18 +711,27 @@ def bench_stream(args: argparse.Namespace) -> Figures:
                 timeout,
                 RUM_SCORING=args.scoring,
             )
-            naive.append(base)
             rum.append(mine)
-            ratios.append(mine.events_per_s / base.events_per_s)
+            if base is not None:
+                naive.append(base)
+                ratios.append(mine.events_per_s / base.events_per_s)
     figures.update(
         {
             "runs": args.repeat,
             "events_per_s": round(statistics.median(r.events_per_s for r in rum), 1),
-            "baseline_events_per_s": round(statistics.median(r.events_per_s for r in naive), 1),
-            "ratio": round(statistics.median(ratios), 3),
             "events_per_s_runs": [round(r.events_per_s, 1) for r in rum],
-            "baseline_events_per_s_runs": [round(r.events_per_s, 1) for r in naive],
-            "ratio_runs": [round(r, 3) for r in ratios],
+            **(
+                {
+                    "baseline_events_per_s": round(
+                        statistics.median(r.events_per_s for r in naive), 1
+                    ),
+                    "ratio": round(statistics.median(ratios), 3),
+                    "baseline_events_per_s_runs": [round(r.events_per_s, 1) for r in naive],
+                    "ratio_runs": [round(r, 3) for r in ratios],
+                }
+                if naive
+                else {}
+            ),
             "seconds_median": round(statistics.median(r.seconds for r in rum), 2),
             "messages_per_run": rum[-1].messages,
             "worker_rss_mb": round(max(r.rss_mb for r in rum), 1),
@@ -1032,10 +1047,10 @@ def write_report(report_dir: Path, figures: Figures, extra: Figures) -> Path:
     bench = figures["bench"]
     if bench == "stream":
         labels = ["naive baseline", f"RUM {figures['variant']} {figures['scoring']}"]
-        values = [figures["baseline_events_per_s"], figures["events_per_s"]]
+        values = [figures.get("baseline_events_per_s", 0.0), figures["events_per_s"]]
         ax.bar(labels, values, color=["grey", "tab:blue"])
         ax.set_ylabel("events/s")
-        ax.set_title(f"{figures['workload']}: ratio {figures['ratio']}×")
+        ax.set_title(f"{figures['workload']}: ratio {figures.get('ratio', 'not measured')}×")
     elif bench == "latency" and extra.get("_latencies"):
         data = np.sort(np.asarray(extra["_latencies"]))
         ax.plot(data, np.linspace(0, 1, len(data)))
@@ -1119,6 +1134,163 @@ def bench_soak(args: argparse.Namespace) -> Figures:
     }
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One row of BENCHMARKS.md's table, read from the results of ``rum bench ... --out``."""
+
+    label: str
+    bench: str
+    where: dict[str, str]
+    key: str  # a figure of the JSON object; its "<key>_runs" list is used when present
+    target: float | None = None
+    better: Literal["higher", "lower"] = "higher"
+
+    def values(self, rows: Sequence[Figures]) -> list[float]:
+        out: list[float] = []
+        for row in rows:
+            if row.get("bench") != self.bench or row.get("quick"):
+                continue
+            if any(row.get(k) != v for k, v in self.where.items()):
+                continue
+            runs = row.get(f"{self.key}_runs")
+            if isinstance(runs, list) and runs:
+                out.extend(float(v) for v in runs)
+            elif isinstance(row.get(self.key), int | float):
+                out.append(float(row[self.key]))
+        return out
+
+
+W1F2 = {"workload": "w1", "variant": "feature", "scoring": "two-stage"}
+TABLE = (
+    Figure("W1 feature-level two-stage, events/s", "stream", W1F2, "events_per_s", 10_000),
+    Figure("naive Faust baseline (same runs), events/s", "stream", W1F2, "baseline_events_per_s"),
+    Figure("W1 ratio to the naive baseline (same run)", "stream", W1F2, "ratio", 4.0),
+    Figure(
+        "W1 two-stage recall@10 against exact", "scoring", {"workload": "w1"}, "recall_at_10", 0.99
+    ),
+    Figure(
+        "W1 feature-level exact, events/s",
+        "stream",
+        {"workload": "w1", "variant": "feature", "scoring": "exact"},
+        "events_per_s",
+    ),
+    Figure(
+        "W1 feature-level exact, fraction of the compute bound",
+        "stream",
+        {"workload": "w1", "variant": "feature", "scoring": "exact"},
+        "compute_bound_fraction",
+        0.8,
+    ),
+    Figure(
+        "scorer alone, exact: fraction of the compute bound",
+        "scoring",
+        {"workload": "w1", "variant": "feature"},
+        "compute_bound_fraction",
+        0.8,
+    ),
+    Figure(
+        "W1 item-level two-stage, events/s",
+        "stream",
+        {"workload": "w1", "variant": "item", "scoring": "two-stage"},
+        "events_per_s",
+        10_000,
+    ),
+    Figure(
+        "W2 two-stage, events/s",
+        "stream",
+        {"workload": "w2", "scoring": "two-stage"},
+        "events_per_s",
+        5_000,
+    ),
+    Figure(
+        "W2 two-stage recall@10 against exact", "scoring", {"workload": "w2"}, "recall_at_10", 0.99
+    ),
+    Figure(
+        "latency p50 at 1,000 events/s, ms", "latency", {"workload": "w1"}, "p50_ms", 20.0, "lower"
+    ),
+    Figure(
+        "latency p99 at 1,000 events/s, ms", "latency", {"workload": "w1"}, "p99_ms", 50.0, "lower"
+    ),
+    Figure(
+        "processing again after SIGKILL (same data dir), s",
+        "recovery",
+        {"workload": "w1"},
+        "recovery_same_dir_s",
+        30.0,
+        "lower",
+    ),
+    Figure(
+        "processing again after SIGKILL (empty data dir), s",
+        "recovery",
+        {"workload": "w1"},
+        "recovery_empty_dir_s",
+    ),
+    Figure(
+        "state per user, feature-level (mean), bytes",
+        "state",
+        {"workload": "w1"},
+        "feature_state_bytes_mean",
+        6 * 1024,
+        "lower",
+    ),
+    Figure(
+        "state per user, feature-level (max), bytes",
+        "state",
+        {"workload": "w1"},
+        "feature_state_bytes_max",
+    ),
+    Figure(
+        "state per user, item-level (mean), bytes",
+        "state",
+        {"workload": "w1"},
+        "item_state_bytes_mean",
+        1024,
+        "lower",
+    ),
+    Figure(
+        "worker RSS after W1, MB", "state", {"workload": "w1"}, "worker_rss_mb", 1536.0, "lower"
+    ),
+    Figure(
+        "training epoch (feature-level, L=50, 2 threads), s",
+        "train",
+        {},
+        "seconds_per_epoch",
+        46.0,
+        "lower",
+    ),
+)
+
+
+def figure_table(rows: Sequence[Figures]) -> str:
+    """Markdown: every figure of BENCHMARKS.md, median (and range) over the runs found."""
+    lines = [
+        "| figure | target | median | runs | range | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for figure in TABLE:
+        values = figure.values(rows)
+        target = (
+            ""
+            if figure.target is None
+            else f"{'≥' if figure.better == 'higher' else '≤'} {figure.target:g}"
+        )
+        if not values:
+            lines.append(f"| {figure.label} | {target} | not measured | 0 | | |")
+            continue
+        median = statistics.median(values)
+        met = ""
+        if figure.target is not None:
+            ok = median >= figure.target if figure.better == "higher" else median <= figure.target
+            met = "yes" if ok else "no"
+        span = f"{min(values):g} – {max(values):g}"
+        lines.append(f"| {figure.label} | {target} | {median:g} | {len(values)} | {span} | {met} |")
+    commits = sorted(
+        {str(r["git_commit"]) for r in rows if r.get("git_commit") and not r.get("quick")}
+    )
+    lines += ["", f"Commits of the runs: {', '.join(commits) or 'none'}."]
+    return "\n".join(lines)
+
+
 BENCHES: dict[str, tuple[Callable[[argparse.Namespace], Figures], str]] = {
     "stream": (bench_stream, "W1/W2 throughput through Kafka, with the naive baseline"),
     "latency": (bench_latency, "event → recommendation latency at a steady rate"),
@@ -1132,6 +1304,13 @@ BENCHES: dict[str, tuple[Callable[[argparse.Namespace], Figures], str]] = {
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="bench", required=True)
+    table = actions.add_parser(
+        "table",
+        help="the BENCHMARKS.md table from results files (medians over the runs)",
+        description="Every figure against its target, from files that --out wrote.",
+    )
+    table.add_argument("results", nargs="+", help="JSON-lines files written by --out")
+    table.set_defaults(bench_name="table")
     for name, (_function, text) in BENCHES.items():
         sub = actions.add_parser(name, help=text, description=text)
         add_flag(sub, "--json", help="print only the JSON object")
@@ -1163,6 +1342,11 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
         add_option(sub, "--w2-items", type=int, default=None, help="W2 catalogue size")
         add_option(sub, "--w2-users", type=int, default=None, help="W2 users")
         add_option(sub, "--repeat", type=int, default=1, help="runs (medians are reported)")
+        add_flag(
+            sub,
+            "--no-baseline",
+            help="stream: skip the naive Faust baseline (it is W1's yardstick; W2 needs none)",
+        )
         add_option(sub, "--train-epochs", type=int, default=3, help="epochs of the W1 bench model")
         add_option(sub, "--threads", type=int, default=None, help="torch threads (scoring, train)")
         add_option(sub, "--rate", type=float, default=1000.0, help="latency: events per second")
@@ -1183,6 +1367,19 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_main(args: argparse.Namespace) -> int:
+    if args.bench_name == "table":
+        rows: list[Figures] = []
+        for name in args.results:
+            for number, line in enumerate(Path(name).read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    print(f"rum bench table: {name}:{number}: not JSON ({exc})", file=sys.stderr)
+                    return 2
+        print(figure_table(rows))
+        return 0
     function, _text = BENCHES[args.bench_name]
     facts = machine_facts()
     own_work = args.work_dir is None
