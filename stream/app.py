@@ -569,13 +569,13 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     completing: deque[asyncio.Task[None]] = deque()  # batches applied, not yet handed over
 
     async def process_batches(stream: faust.Stream[Any], batcher: MicroBatcher[Any]) -> None:
-        """Micro-batches, pipelined under at-least-once: while batch N is scored in the
-        scoring thread and handed to Kafka, the event loop already applies N+1 (they
-        took turns before, and at 1,000 events/s each turn waited out a thread hand-off
-        and a produce round trip: batches of a few events, seconds of lag). At most
-        ``IN_FLIGHT`` batches are between apply and hand-over. Exactly-once commits each
-        batch's transaction before the next batch writes anything, so it does not
-        overlap.
+        """Micro-batches, pipelined under at-least-once: batch N+1 is admitted and its
+        work queued while N is still worked on and handed to Kafka (they took turns
+        before, and at 1,000 events/s each turn waited out a thread hand-off and a
+        produce round trip: batches of a few events, seconds of lag). At most
+        ``IN_FLIGHT`` batches are between admission and hand-over, each handed over
+        after the one before. Exactly-once commits each batch's transaction before the
+        next batch writes anything, so it does not overlap.
         """
         while True:
             batch_events = cast(list[faust.types.EventT], await batcher.next_batch())
