@@ -502,6 +502,18 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
     background: set[asyncio.Task[Any]] = set()
 
+    def log_batch_failed(events: Sequence[faust.types.EventT], exc: BaseException) -> None:
+        first = events[0].message if events else None
+        log.error(
+            "batch_failed",
+            error=repr(exc),
+            topic=getattr(first, "topic", None),
+            partition=getattr(first, "partition", None),
+            offset=getattr(first, "offset", None),
+            size=len(events),
+            exc_info=exc,
+        )
+
     def in_background(
         coro: Awaitable[None], events: Sequence[faust.types.EventT]
     ) -> asyncio.Task[None]:
@@ -515,15 +527,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
             if task.cancelled() or task.exception() is None:
                 return
             exc = cast(BaseException, task.exception())
-            first = events[0].message if events else None
-            log.error(
-                "batch_failed",
-                error=repr(exc),
-                topic=getattr(first, "topic", None),
-                partition=getattr(first, "partition", None),
-                offset=getattr(first, "offset", None),
-                size=len(events),
-            )
+            log_batch_failed(events, exc)
             crash = asyncio.ensure_future(app.crash(exc))
             background.add(crash)
             crash.add_done_callback(background.discard)
@@ -598,15 +602,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                     if len(completing) > IN_FLIGHT:
                         await completing[0]
             except Exception as exc:
-                first = batch_events[0].message if batch_events else None
-                log.exception(
-                    "batch_failed",
-                    error=repr(exc),
-                    topic=getattr(first, "topic", None),
-                    partition=getattr(first, "partition", None),
-                    offset=getattr(first, "offset", None),
-                    size=len(batch_events),
-                )
+                log_batch_failed(batch_events, exc)
                 raise
             busy_since[0] = None
             last_batch_at[0] = time.monotonic()
