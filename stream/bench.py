@@ -601,27 +601,39 @@ def _throughput(records: list[tuple[int, bytes]], rum: bool, expected: int) -> R
     return RunResult(counted, counted / seconds, seconds, len(rows), 0.0)
 
 
+Agent = Literal["rum", "naive", "floor"]
+AGENT_NAMES = {"rum": "RUM worker", "naive": "naive baseline", "floor": "Faust floor"}
+
+
 def run_worker_over(
     deployment: Deployment,
     label: str,
     model_dir: Path | None,
     expected: int,
-    naive: bool,
+    agent: Agent,
     timeout_s: float,
     **env: str,
 ) -> RunResult:
     """Start one worker over the whole topic, wait until it has answered every event."""
-    worker = deployment.worker(label, model_dir, naive=naive, **env)
+    if agent == "floor":
+        env = {"RUM_BENCH_AGENT": "floor", **env}
+    worker = deployment.worker(label, model_dir, naive=agent != "rum", **env)
     topic = output_topic(worker)
     create_topic(deployment.bootstrap, topic)
-    kind = "naive baseline" if naive else "RUM worker"
+    kind = AGENT_NAMES[agent]
     say(f"{kind} {label}: consuming {expected} events")
     worker.start()
     try:
-        if naive:
+        if agent == "naive":
 
             def done() -> bool:
                 return sum(end_offsets(deployment.bootstrap, topic).values()) >= expected
+
+        elif agent == "floor":
+
+            def done() -> bool:  # one record per batch: count the events they list
+                records = read_records(deployment.bootstrap, topic)
+                return sum(len(json.loads(v)["event_ids"]) for _t, v in records) >= expected
 
         else:
 
@@ -640,7 +652,7 @@ def run_worker_over(
         rss = worker.rss_mb()
     finally:
         worker.stop()
-    result = _throughput(read_records(deployment.bootstrap, topic), not naive, expected)
+    result = _throughput(read_records(deployment.bootstrap, topic), agent == "rum", expected)
     result.rss_mb = rss
     say(f"{kind} {label}: {result.events_per_s:,.0f} events/s over {result.seconds:.1f} s")
     return result
@@ -693,21 +705,25 @@ def bench_stream(args: argparse.Namespace) -> Figures:
         figures["produce_events_per_s"] = round(len(workload.events) / produced_s)
         rum: list[RunResult] = []
         naive: list[RunResult] = []
+        floor: list[RunResult] = []
         ratios: list[float] = []
+        expected = len(workload.events)
         for run in range(args.repeat):
             base = (
                 None
                 if args.no_baseline
-                else run_worker_over(
-                    deployment, f"naive{run}", None, len(workload.events), True, timeout
-                )
+                else run_worker_over(deployment, f"naive{run}", None, expected, "naive", timeout)
             )
+            if args.floor:
+                floor.append(
+                    run_worker_over(deployment, f"floor{run}", None, expected, "floor", timeout)
+                )
             mine = run_worker_over(
                 deployment,
                 f"rum{run}",
                 workload.model_dir,
-                len(workload.events),
-                False,
+                expected,
+                "rum",
                 timeout,
                 RUM_SCORING=args.scoring,
             )
@@ -730,6 +746,21 @@ def bench_stream(args: argparse.Namespace) -> Figures:
                     "ratio_runs": [round(r, 3) for r in ratios],
                 }
                 if naive
+                else {}
+            ),
+            **(
+                {
+                    "floor_events_per_s": round(
+                        statistics.median(r.events_per_s for r in floor), 1
+                    ),
+                    "floor_events_per_s_runs": [round(r.events_per_s, 1) for r in floor],
+                    "fraction_of_floor": round(
+                        statistics.median(r.events_per_s for r in rum)
+                        / statistics.median(r.events_per_s for r in floor),
+                        3,
+                    ),
+                }
+                if floor
                 else {}
             ),
             "seconds_median": round(statistics.median(r.seconds for r in rum), 2),
@@ -1342,6 +1373,11 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
         add_option(sub, "--w2-items", type=int, default=None, help="W2 catalogue size")
         add_option(sub, "--w2-users", type=int, default=None, help="W2 users")
         add_option(sub, "--repeat", type=int, default=1, help="runs (medians are reported)")
+        add_flag(
+            sub,
+            "--floor",
+            help="stream: also run Faust's floor (an agent that only acks) in the same run",
+        )
         add_flag(
             sub,
             "--no-baseline",

@@ -5,11 +5,18 @@ per event it reads a table entry, appends the item id, writes it back and sends
 one message. No model, no micro-batches, Faust's default settings. Run as
 ``python -m stream.bench_naive`` with the ``RUM_*`` variables the worker reads
 (broker, app id, topics, partitions, data directory, web port).
+
+``RUM_BENCH_AGENT=floor`` runs the other yardstick instead: an agent that does
+nothing with an event but ack it, with the worker's own Faust settings and fetch
+fast path; it sends one record per batch of up to 1,000 events (listing their
+positions, so the throughput clock reads it like a worker's output). No Faust
+worker can be faster than it on the same machine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +75,51 @@ def create_naive_app(settings: Settings) -> faust.App:
     return app
 
 
+def create_floor_app(settings: Settings) -> faust.App:
+    from stream import fastpath
+    from stream.tuning import faust_throughput_options
+
+    class FloorApp(faust.App):
+        def _new_consumer(self) -> Any:
+            consumer = super()._new_consumer()
+            fastpath.install(consumer)
+            return consumer
+
+    app = FloorApp(
+        settings.app_id,
+        broker=settings.broker,
+        store="memory://",
+        web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        **faust_throughput_options(settings),
+    )
+    purchases = app.topic(settings.topic_purchases, key_serializer="raw", value_serializer="raw")
+    outputs = app.topic(
+        settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
+    )
+
+    @app.agent(purchases, name="floor-purchases")
+    async def floor(stream: faust.StreamT[Any]) -> None:
+        async for events in stream.take_events(1000, within=0.05):  # type: ignore[attr-defined]
+            ids = [f"{e.message.partition}/{e.message.offset}" for e in events]
+            await outputs.send(value=json.dumps({"event_ids": ids}).encode())
+
+    return app
+
+
 def main() -> int:
     from faust.worker import Worker
 
     settings = Settings.from_env()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    app = create_naive_app(settings)
+    floor = os.environ.get("RUM_BENCH_AGENT") == "floor"
+    app = create_floor_app(settings) if floor else create_naive_app(settings)
     worker = Worker(app, loglevel=settings.log_level, quiet=True)
     worker.spinner = None  # as the RUM worker: no DEBUG root logger for a terminal spinner
     worker.execute_from_commandline()

@@ -45,8 +45,8 @@ def bench(args: list[str], bootstrap: str, tmp: Path, results: Path) -> dict[str
 def test_bench_subcommands_report_sane_figures(kafka_bootstrap, tmp_path, shared_data):
     results = tmp_path / "results.jsonl"
     stream = bench(
-        ["stream", "--workload", "w1", "--variant", "feature", "--scoring", "exact", "--data",
-         str(shared_data / "amazon-beauty" / "events.csv")],
+        ["stream", "--workload", "w1", "--variant", "feature", "--scoring", "exact", "--floor",
+         "--data", str(shared_data / "amazon-beauty" / "events.csv")],
         kafka_bootstrap,
         tmp_path,
         results,
@@ -57,6 +57,11 @@ def test_bench_subcommands_report_sane_figures(kafka_bootstrap, tmp_path, shared
     assert abs(stream["ratio"] - stream["events_per_s"] / stream["baseline_events_per_s"]) < 0.01
     assert 0 < stream["worker_rss_mb"] < 16_000
     assert stream["compute_bound_fraction"] > 0
+    assert stream["floor_events_per_s"] > 0
+    assert (
+        abs(stream["fraction_of_floor"] - stream["events_per_s"] / stream["floor_events_per_s"])
+        < 0.01
+    )
 
     latency = bench(
         ["latency", "--rate", "300", "--duration", "4", "--warmup-s", "0"],
@@ -89,3 +94,13 @@ def test_bench_subcommands_report_sane_figures(kafka_bootstrap, tmp_path, shared
 
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["bench"] for r in rows] == ["stream", "latency", "scoring", "train", "soak"]
+    table = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "bench", "table", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    # --quick runs never count as figures: every row is "not measured".
+    assert table.count("not measured") == table.count("\n| ") > 10
