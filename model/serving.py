@@ -354,10 +354,12 @@ class Scorer:
         rows, cols = self._exclusion(exclude)
         with torch.no_grad():
             if mode == "exact" or candidates >= self.num_items:
-                logits = self.logits_many(user_ids, memories).numpy()  # [B, N+1]
+                logits = self.logits_many(user_ids, memories)  # [B, N+1]
                 logits[rows, cols] = -math.inf
-                top_index = kernels.top_k_rows_np(logits, min(k, self.num_items))  # [B, k]
-                top_logits = np.take_along_axis(logits, top_index, axis=1)
+                # torch.topk over the whole catalogue: about twice as fast as numpy's
+                # argpartition + sort for k = 10 of 12k columns.
+                values, index = torch.topk(logits, min(k, self.num_items), dim=1)
+                top_logits, top_index = values.numpy(), index.numpy()
             elif mode == "two-stage":
                 queries, item_vectors = self._retrieval(user_ids, memories)  # [B, R], [N+1, R]
                 coarse = (queries @ item_vectors.T).numpy()  # [B, N+1]
