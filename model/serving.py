@@ -285,6 +285,12 @@ class Scorer:
         rows = np.concatenate([p[:, None, :], cfg.alpha * slots], axis=1)  # [B, 1+K, D]
         return kernels.feature_candidate_logits_np(rows, self._q_np, self._z1_np, cands)
 
+    def prepare(self, mode: Literal["exact", "two-stage"]) -> None:
+        """Compute now what scoring in ``mode`` would compute on first use (the
+        retrieval basis of two-stage scoring), so that no batch waits for it."""
+        if mode == "two-stage" and self.variant == "feature":
+            self._retrieval_basis()
+
     def _retrieval_basis(self) -> torch.Tensor:
         """Feature-level: top principal directions of the item table, [D + K·D, R], R = 2·D.
 

@@ -48,6 +48,7 @@ from stream.processing import (
     Record,
     apply_batch,
     items_payload,
+    prepare_scorer,
     recommend_many,
     score_requests,
 )
@@ -92,6 +93,11 @@ class Runtime:
     )
     refused: dict[str, Any] | None = None  # the last announcement refused, for /health
 
+    def _load_prepared(self, announcement: Announcement) -> Scorer:
+        # In the loader thread: the first batch of the new version pays for nothing.
+        scorer = load_announced(announcement, self.settings.model_dir)
+        return prepare_scorer(scorer, self.settings)
+
     async def adopt(self, announcement: Announcement) -> bool:
         """Load, check and swap in an announced version; False (logged) when refused.
 
@@ -104,9 +110,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         try:
-            scorer = await loop.run_in_executor(
-                self.loader, load_announced, announcement, self.settings.model_dir
-            )
+            scorer = await loop.run_in_executor(self.loader, self._load_prepared, announcement)
         except Exception as exc:  # any unusable artifact: refuse it, keep serving
             self.metrics.model_announcements.labels("refused").inc()
             self.refused = {

@@ -130,6 +130,12 @@ def scoring_mode(scorer: Scorer, settings: Settings) -> Literal["exact", "two-st
     return settings.scoring
 
 
+def prepare_scorer(scorer: Scorer, settings: Settings) -> Scorer:
+    """``scorer`` with what the worker's scoring mode needs computed up front."""
+    scorer.prepare(scoring_mode(scorer, settings))
+    return scorer
+
+
 def recommend_many(
     scorer: Scorer,
     user_ids: Sequence[str],

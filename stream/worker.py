@@ -62,6 +62,9 @@ def worker_main(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
     from stream.app import create_app
+    from stream.processing import prepare_scorer
+
+    prepare_scorer(scorer, settings)  # before the first batch, not during it
     from stream.tuning import raise_producer_buffer
 
     app = create_app(settings, scorer)

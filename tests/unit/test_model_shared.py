@@ -226,3 +226,17 @@ def test_loading_a_broken_artifact_says_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "m" / "config.json").write_text('{"format_version": 99}')
     with pytest.raises(ArtifactError, match="format_version"):
         Scorer.load(tmp_path / "m")
+
+
+def test_prepare_computes_the_retrieval_basis_up_front_and_changes_no_score() -> None:
+    scorer = scorer_of(fit("feature"))
+    memory = scorer.memory_from_history(["1", "2"])
+    assert scorer._basis is None  # computed on first use otherwise
+    scorer.prepare("exact")
+    assert scorer._basis is None
+    scorer.prepare("two-stage")
+    assert scorer._basis is not None
+    after = scorer.score_many(["u0"], [memory], [set()], k=3, mode="two-stage", candidates=4)
+    fresh = scorer_of(fit("feature"))
+    before = fresh.score_many(["u0"], [memory], [set()], k=3, mode="two-stage", candidates=4)
+    assert after == before
