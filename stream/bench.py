@@ -48,7 +48,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -930,13 +930,25 @@ def bench_train(args: argparse.Namespace) -> Figures:
         log = log.subset(np.arange(len(log)) < limit)
     fit = make_split(log, "loo").fit
     epochs = 1 if args.quick else args.train_epochs
-    cfg = TrainConfig(variant="feature", slots=20, max_len=50, epochs=epochs, progress=False)
+    cfg = TrainConfig(
+        variant="feature",
+        slots=20,
+        max_len=50,
+        epochs=epochs,
+        loss=args.loss,
+        negatives=args.negatives,
+        batch_size=args.train_batch,
+        progress=False,
+    )
     result = train(fit, cfg, None, log=lambda line: say(line))
     per_epoch = seconds_per_epoch(result.history)
     return {
         "workload": "w1" if not limit else f"w1[:{limit}]",
         "variant": "feature",
         "max_len": 50,
+        "loss": cfg.loss,
+        "negatives": cfg.negatives,
+        "batch_size": cfg.batch_size,
         "threads": threads,
         "epochs": epochs,
         "fit_events": len(fit),
@@ -1171,7 +1183,7 @@ class Figure:
 
     label: str
     bench: str
-    where: dict[str, str]
+    where: Mapping[str, str | int]
     key: str  # a figure of the JSON object; its "<key>_runs" list is used when present
     target: float | None = None
     better: Literal["higher", "lower"] = "higher"
@@ -1284,7 +1296,15 @@ TABLE = (
     Figure(
         "training epoch (feature-level, L=50, 2 threads), s",
         "train",
-        {},
+        {"loss": "bce", "negatives": 1},
+        "seconds_per_epoch",
+        46.0,
+        "lower",
+    ),
+    Figure(
+        "training epoch, sampled softmax, 100 negatives, batch 64, s",
+        "train",
+        {"loss": "sampled-softmax", "negatives": 100, "batch_size": 64},
         "seconds_per_epoch",
         46.0,
         "lower",
@@ -1384,6 +1404,15 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
             help="stream: skip the naive Faust baseline (it is W1's yardstick; W2 needs none)",
         )
         add_option(sub, "--train-epochs", type=int, default=3, help="epochs of the W1 bench model")
+        add_option(
+            sub,
+            "--loss",
+            choices=["bce", "sampled-softmax", "softmax"],
+            default="bce",
+            help="train: training loss",
+        )
+        add_option(sub, "--negatives", type=int, default=1, help="train: negatives per positive")
+        add_option(sub, "--train-batch", type=int, default=256, help="train: users per batch")
         add_option(sub, "--threads", type=int, default=None, help="torch threads (scoring, train)")
         add_option(sub, "--rate", type=float, default=1000.0, help="latency: events per second")
         add_option(
