@@ -347,6 +347,16 @@ class Worker:
                     return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the worker process so far (all its threads)."""
+        if self.proc is None:
+            return 0.0
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+
     def metric(self, name: str) -> float:
         """Sum of a Prometheus counter over its labels (0 when the worker does not answer)."""
         try:
@@ -578,6 +588,7 @@ class RunResult:
     seconds: float
     messages: int
     rss_mb: float
+    cpu_us_per_event: float = 0.0
 
 
 def _throughput(records: list[tuple[int, bytes]], rum: bool, expected: int) -> RunResult:
@@ -626,21 +637,33 @@ def run_worker_over(
     try:
         if agent == "naive":
 
-            def done() -> bool:
-                return sum(end_offsets(deployment.bootstrap, topic).values()) >= expected
+            def progress() -> float:
+                return sum(end_offsets(deployment.bootstrap, topic).values())
 
         elif agent == "floor":
 
-            def done() -> bool:  # one record per batch: count the events they list
+            def progress() -> float:  # one record per batch: count the events they list
                 records = read_records(deployment.bootstrap, topic)
-                return sum(len(json.loads(v)["event_ids"]) for _t, v in records) >= expected
+                return sum(len(json.loads(v)["event_ids"]) for _t, v in records)
 
         else:
 
-            def done() -> bool:
-                return worker.metric("rum_events_total") >= expected
+            def progress() -> float:
+                return worker.metric("rum_events_total")
+
+        # CPU per event, from the first answered events to the last (start-up not counted)
+        first: list[tuple[float, float]] = []
+
+        def done() -> bool:
+            cpu, count = worker.cpu_s(), progress()
+            if count > 0 and not first:
+                first.append((count, cpu))
+            return count >= expected
 
         wait_until(done, worker, timeout_s, f"{label} answering {expected} events", 1.0)
+        cpu_end = worker.cpu_s()
+        counted, cpu_first = first[0]
+        cpu_us = (cpu_end - cpu_first) * 1e6 / (expected - counted) if expected > counted else 0.0
         # The last messages may still sit in the producer's buffer: let it settle.
         before = -1
         while True:
@@ -654,7 +677,11 @@ def run_worker_over(
         worker.stop()
     result = _throughput(read_records(deployment.bootstrap, topic), agent == "rum", expected)
     result.rss_mb = rss
-    say(f"{kind} {label}: {result.events_per_s:,.0f} events/s over {result.seconds:.1f} s")
+    result.cpu_us_per_event = cpu_us
+    say(
+        f"{kind} {label}: {result.events_per_s:,.0f} events/s over {result.seconds:.1f} s, "
+        f"{cpu_us:,.0f} µs of its CPU per event"
+    )
     return result
 
 
@@ -736,6 +763,8 @@ def bench_stream(args: argparse.Namespace) -> Figures:
             "runs": args.repeat,
             "events_per_s": round(statistics.median(r.events_per_s for r in rum), 1),
             "events_per_s_runs": [round(r.events_per_s, 1) for r in rum],
+            "cpu_us_per_event": round(statistics.median(r.cpu_us_per_event for r in rum), 1),
+            "cpu_us_per_event_runs": [round(r.cpu_us_per_event, 1) for r in rum],
             **(
                 {
                     "baseline_events_per_s": round(
@@ -743,6 +772,9 @@ def bench_stream(args: argparse.Namespace) -> Figures:
                     ),
                     "ratio": round(statistics.median(ratios), 3),
                     "baseline_events_per_s_runs": [round(r.events_per_s, 1) for r in naive],
+                    "baseline_cpu_us_per_event": round(
+                        statistics.median(r.cpu_us_per_event for r in naive), 1
+                    ),
                     "ratio_runs": [round(r, 3) for r in ratios],
                 }
                 if naive
@@ -754,6 +786,9 @@ def bench_stream(args: argparse.Namespace) -> Figures:
                         statistics.median(r.events_per_s for r in floor), 1
                     ),
                     "floor_events_per_s_runs": [round(r.events_per_s, 1) for r in floor],
+                    "floor_cpu_us_per_event": round(
+                        statistics.median(r.cpu_us_per_event for r in floor), 1
+                    ),
                     "fraction_of_floor": round(
                         statistics.median(r.events_per_s for r in rum)
                         / statistics.median(r.events_per_s for r in floor),
@@ -1208,6 +1243,15 @@ TABLE = (
     Figure("W1 feature-level two-stage, events/s", "stream", W1F2, "events_per_s", 10_000),
     Figure("naive Faust baseline (same runs), events/s", "stream", W1F2, "baseline_events_per_s"),
     Figure("W1 ratio to the naive baseline (same run)", "stream", W1F2, "ratio", 4.0),
+    Figure(
+        "Faust floor, an agent that only acks (same runs), events/s",
+        "stream",
+        W1F2,
+        "floor_events_per_s",
+    ),
+    Figure("W1 worker CPU per event, µs", "stream", W1F2, "cpu_us_per_event"),
+    Figure("naive baseline CPU per event, µs", "stream", W1F2, "baseline_cpu_us_per_event"),
+    Figure("Faust floor CPU per event, µs", "stream", W1F2, "floor_cpu_us_per_event"),
     Figure(
         "W1 two-stage recall@10 against exact", "scoring", {"workload": "w1"}, "recall_at_10", 0.99
     ),
