@@ -64,6 +64,12 @@ def test_short_demo_shows_live_recommendations_and_stops_everything() -> None:
     assert time.monotonic() - started < 240
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit it: when the
+    # tests run from one (``make test &``), the demo would never see the Ctrl-C this test sends.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_what_the_demo_started() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "demo", "--short"],
@@ -73,6 +79,7 @@ def test_ctrl_c_stops_what_the_demo_started() -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     lines: list[str] = []
     try:
