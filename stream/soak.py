@@ -236,17 +236,27 @@ def _drive(
         "rss_kb_first": samples[0]["rss_kb"] if samples else 0,
         "rss_kb_last": samples[-1]["rss_kb"] if samples else 0,
         "rss_kb_max": max((s["rss_kb"] for s in samples), default=0),
-        "rss_growth_second_half_pct": _growth_pct(samples, "rss_kb"),
+        "rss_peak_growth_pct": _peak_growth_pct(samples, "rss_kb"),
         "rocksdb_bytes_first": samples[0]["rocksdb_bytes"] if samples else 0,
         "rocksdb_bytes_last": samples[-1]["rocksdb_bytes"] if samples else 0,
-        "rocksdb_growth_second_half_pct": _growth_pct(samples, "rocksdb_bytes"),
+        "rocksdb_bytes_max": max((s["rocksdb_bytes"] for s in samples), default=0),
+        "rocksdb_peak_growth_pct": _peak_growth_pct(samples, "rocksdb_bytes"),
         "samples": samples,
     }
 
 
-def _growth_pct(samples: list[dict[str, Any]], key: str) -> float:
-    """How much ``key`` grew over the second half of the run (levelling off: near 0)."""
-    half = samples[len(samples) // 2 :]
-    if len(half) < 2 or not half[0][key]:
+def _peak_growth_pct(samples: list[dict[str, Any]], key: str) -> float:
+    """How much the peak of ``key`` over the second half exceeds the first half's peak.
+
+    Levelling off: near 0 (or below). Peaks, not two point samples: RocksDB's size is a
+    sawtooth of memtable flushes and compactions, and a sample on a tooth's top against
+    one at its foot reads as growth that is not there.
+    """
+    middle = len(samples) // 2
+    first, second = samples[:middle], samples[middle:]
+    if not first or not second:
         return 0.0
-    return round(100.0 * (half[-1][key] - half[0][key]) / half[0][key], 1)
+    before = max(s[key] for s in first)
+    if not before:
+        return 0.0
+    return round(100.0 * (max(s[key] for s in second) - before) / before, 1)
