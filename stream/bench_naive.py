@@ -28,25 +28,38 @@ from stream.settings import Settings
 TABLE = "naive-state"
 
 
-def create_naive_app(settings: Settings) -> faust.App:
-    app = faust.App(
-        settings.app_id,
-        broker=settings.broker,
-        store="rocksdb://",
-        datadir=settings.data_dir,
-        web_port=settings.web_port,
-        web_bind=settings.web_bind,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        autodiscover=False,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+def _app_options(settings: Settings) -> dict[str, Any]:
+    """What the naive baseline and the floor share: raw bytes, one replica, from the start."""
+    return {
+        "broker": settings.broker,
+        "web_port": settings.web_port,
+        "web_bind": settings.web_bind,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": 1,
+        "consumer_auto_offset_reset": "earliest",
+        "autodiscover": False,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+
+
+def _topics(app: faust.App, settings: Settings) -> tuple[Any, Any]:
+    """The purchases topic it reads and the output topic it writes, both raw."""
     purchases = app.topic(settings.topic_purchases, key_serializer="raw", value_serializer="raw")
     outputs = app.topic(
         settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
     )
+    return purchases, outputs
+
+
+def create_naive_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        **_app_options(settings),
+    )
+    purchases, outputs = _topics(app, settings)
     table = app.Table(
         TABLE,
         partitions=settings.partitions,
@@ -87,22 +100,11 @@ def create_floor_app(settings: Settings) -> faust.App:
 
     app = FloorApp(
         settings.app_id,
-        broker=settings.broker,
         store="memory://",
-        web_port=settings.web_port,
-        web_bind=settings.web_bind,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        autodiscover=False,
-        key_serializer="raw",
-        value_serializer="raw",
+        **_app_options(settings),
         **faust_throughput_options(settings),
     )
-    purchases = app.topic(settings.topic_purchases, key_serializer="raw", value_serializer="raw")
-    outputs = app.topic(
-        settings.topic_recommendations, key_serializer="raw", value_serializer="raw"
-    )
+    purchases, outputs = _topics(app, settings)
 
     @app.agent(purchases, name="floor-purchases")
     async def floor(stream: faust.StreamT[Any]) -> None:
