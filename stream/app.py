@@ -739,17 +739,12 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
     @app.page("/health")
     async def health(web: View, request: Request) -> Response:
-        assigned = bool(app.consumer.assignment()) if app.consumer is not None else False
-        recovered = cast(TableManager, app.tables).recovery.completed.is_set()
-        ok = assigned and recovered and runtime.scorer is not None
-        body = {
-            "status": "ok" if ok else "starting",
-            "assigned_partitions": len(app.consumer.assignment()) if assigned else 0,
-            "recovered": recovered,
-            "model_version": runtime.scorer.version,
-            "model_variant": runtime.scorer.variant,
-            "model_refused": runtime.refused,
-        }
+        ok, body = health_report(
+            assigned=len(app.consumer.assignment()) if app.consumer is not None else 0,
+            recovered=cast(TableManager, app.tables).recovery.completed.is_set(),
+            rebalancing=bool(app.rebalancing),
+            runtime=runtime,
+        )
         return web.json(body, status=200 if ok else 503)
 
     @app.page("/metrics")
@@ -769,6 +764,31 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
     _RUNTIMES[id(app)] = runtime
     return app
+
+
+def health_report(
+    *, assigned: int, recovered: bool, rebalancing: bool, runtime: Runtime
+) -> tuple[bool, dict[str, Any]]:
+    """Whether the worker is ready, and the body of ``GET /health``.
+
+    Ready once its first assignment has been recovered and no rebalance is under
+    way. The assignment may be empty: faust's copartitioned assignor fills each
+    worker up to ceil(partitions / workers) and keeps what a worker already holds,
+    so a third worker over four partitions can stand by with none (2, 2, 0). Such
+    a worker is up, answers HTTP by routing to the owners and takes partitions at
+    the next rebalance; calling it "starting" would keep it unhealthy for good.
+    """
+    ok = recovered and not rebalancing
+    body = {
+        "status": "ok" if ok else "starting",
+        "assigned_partitions": assigned,
+        "rebalancing": rebalancing,
+        "recovered": recovered,
+        "model_version": runtime.scorer.version,
+        "model_variant": runtime.scorer.variant,
+        "model_refused": runtime.refused,
+    }
+    return ok, body
 
 
 async def follow_announcements(runtime: Runtime, retry_s: float = 5.0) -> None:

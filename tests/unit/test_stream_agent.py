@@ -8,7 +8,7 @@ from typing import cast
 
 import faust
 
-from stream.app import create_app, runtime_of
+from stream.app import create_app, health_report, runtime_of
 from stream.settings import Settings
 from tests.stream_toys import tiny_scorer
 
@@ -57,3 +57,15 @@ def test_agent_applies_scores_and_dead_letters() -> None:
     assert dead[0][2]["rum-source-topic"]
     # The duplicate e1 was answered but not applied again.
     assert state == {"history": ("1", "2"), "applied": 2}
+
+
+def test_health_is_ready_with_an_empty_assignment_and_not_while_rebalancing() -> None:
+    runtime = runtime_of(create_app(Settings(app_id="health-test"), tiny_scorer("item")))
+    # A third worker over four partitions can be left with none (2, 2, 0): ready.
+    ok, body = health_report(assigned=0, recovered=True, rebalancing=False, runtime=runtime)
+    assert ok and body["status"] == "ok" and body["assigned_partitions"] == 0
+    assert body["model_variant"] == "item"
+    ok, body = health_report(assigned=3, recovered=True, rebalancing=True, runtime=runtime)
+    assert not ok and body["status"] == "starting" and body["rebalancing"]
+    ok, _ = health_report(assigned=3, recovered=False, rebalancing=False, runtime=runtime)
+    assert not ok
