@@ -238,12 +238,13 @@ def read_records(
     topic: str,
     start: dict[int, int] | None = None,
     timeout_s: float = 300.0,
+    ends: dict[int, int] | None = None,
 ) -> list[tuple[int, bytes]]:
-    """Every record of ``topic`` from ``start`` (default: the beginning) up to its current end,
-    as (Kafka timestamp in ms, value)."""
+    """Every record of ``topic`` from ``start`` (default: the beginning) up to ``ends``
+    (default: its current end), as (Kafka timestamp in ms, value)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    ends = end_offsets(bootstrap, topic)
+    ends = ends if ends is not None else end_offsets(bootstrap, topic)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -588,7 +589,7 @@ class RunResult:
     seconds: float
     messages: int
     rss_mb: float
-    cpu_us_per_event: float = 0.0
+    cpu_us_per_event: float | None = None
 
 
 def _throughput(records: list[tuple[int, bytes]], rum: bool, expected: int) -> RunResult:
@@ -641,29 +642,44 @@ def run_worker_over(
                 return sum(end_offsets(deployment.bootstrap, topic).values())
 
         elif agent == "floor":
+            read_to: dict[int, int] = {}
+            answered = [0]
 
             def progress() -> float:  # one record per batch: count the events they list
-                records = read_records(deployment.bootstrap, topic)
-                return sum(len(json.loads(v)["event_ids"]) for _t, v in records)
+                # Only the records since the last look: re-reading the whole topic every
+                # second would take a growing share of the two cores the floor runs on.
+                ends = end_offsets(deployment.bootstrap, topic)
+                new = read_records(deployment.bootstrap, topic, read_to, ends=ends)
+                answered[0] += sum(len(json.loads(v)["event_ids"]) for _t, v in new)
+                read_to.update(ends)
+                return answered[0]
 
         else:
 
             def progress() -> float:
                 return worker.metric("rum_events_total")
 
-        # CPU per event, from the first answered events to the last (start-up not counted)
+        # CPU per event, from the first answered events to the last (start-up not counted):
+        # looked for often until they come, then once a second.
         first: list[tuple[float, float]] = []
 
-        def done() -> bool:
+        def started() -> bool:
             cpu, count = worker.cpu_s(), progress()
-            if count > 0 and not first:
-                first.append((count, cpu))
-            return count >= expected
+            first[:] = [(count, cpu)]
+            return count > 0
 
-        wait_until(done, worker, timeout_s, f"{label} answering {expected} events", 1.0)
+        wait_until(started, worker, timeout_s, f"{label} answering its first events", 0.1)
+        wait_until(
+            lambda: progress() >= expected,
+            worker,
+            timeout_s,
+            f"{label} answering {expected} events",
+            1.0,
+        )
         cpu_end = worker.cpu_s()
         counted, cpu_first = first[0]
-        cpu_us = (cpu_end - cpu_first) * 1e6 / (expected - counted) if expected > counted else 0.0
+        # None when every event was answered before the first look (a tiny workload).
+        cpu_us = (cpu_end - cpu_first) * 1e6 / (expected - counted) if expected > counted else None
         # The last messages may still sit in the producer's buffer: let it settle.
         before = -1
         while True:
@@ -678,10 +694,8 @@ def run_worker_over(
     result = _throughput(read_records(deployment.bootstrap, topic), agent == "rum", expected)
     result.rss_mb = rss
     result.cpu_us_per_event = cpu_us
-    say(
-        f"{kind} {label}: {result.events_per_s:,.0f} events/s over {result.seconds:.1f} s, "
-        f"{cpu_us:,.0f} µs of its CPU per event"
-    )
+    cpu = f"{cpu_us:,.0f} µs of its CPU per event" if cpu_us is not None else "CPU not measured"
+    say(f"{kind} {label}: {result.events_per_s:,.0f} events/s over {result.seconds:.1f} s, {cpu}")
     return result
 
 
@@ -704,6 +718,17 @@ def matmul_gflops(rows: int, inner: int, cols: int, threads: int, seconds: float
         return 2.0 * rows * inner * cols / statistics.median(times) / 1e9
     finally:
         torch.set_num_threads(previous)
+
+
+def _medians(prefix: str, runs: list[RunResult]) -> Figures:
+    """Events/s and CPU µs per event of some runs: the median, and every run beside it
+    (a run whose CPU was not measured is left out of that figure; none: null)."""
+    figures: Figures = {}
+    for name in ("events_per_s", "cpu_us_per_event"):
+        values = [float(v) for v in (getattr(run, name) for run in runs) if v is not None]
+        figures[f"{prefix}{name}"] = round(statistics.median(values), 1) if values else None
+        figures[f"{prefix}{name}_runs"] = [round(v, 1) for v in values]
+    return figures
 
 
 def bench_stream(args: argparse.Namespace) -> Figures:
@@ -761,20 +786,11 @@ def bench_stream(args: argparse.Namespace) -> Figures:
     figures.update(
         {
             "runs": args.repeat,
-            "events_per_s": round(statistics.median(r.events_per_s for r in rum), 1),
-            "events_per_s_runs": [round(r.events_per_s, 1) for r in rum],
-            "cpu_us_per_event": round(statistics.median(r.cpu_us_per_event for r in rum), 1),
-            "cpu_us_per_event_runs": [round(r.cpu_us_per_event, 1) for r in rum],
+            **_medians("", rum),
             **(
                 {
-                    "baseline_events_per_s": round(
-                        statistics.median(r.events_per_s for r in naive), 1
-                    ),
+                    **_medians("baseline_", naive),
                     "ratio": round(statistics.median(ratios), 3),
-                    "baseline_events_per_s_runs": [round(r.events_per_s, 1) for r in naive],
-                    "baseline_cpu_us_per_event": round(
-                        statistics.median(r.cpu_us_per_event for r in naive), 1
-                    ),
                     "ratio_runs": [round(r, 3) for r in ratios],
                 }
                 if naive
@@ -782,13 +798,7 @@ def bench_stream(args: argparse.Namespace) -> Figures:
             ),
             **(
                 {
-                    "floor_events_per_s": round(
-                        statistics.median(r.events_per_s for r in floor), 1
-                    ),
-                    "floor_events_per_s_runs": [round(r.events_per_s, 1) for r in floor],
-                    "floor_cpu_us_per_event": round(
-                        statistics.median(r.cpu_us_per_event for r in floor), 1
-                    ),
+                    **_medians("floor_", floor),
                     "fraction_of_floor": round(
                         statistics.median(r.events_per_s for r in rum)
                         / statistics.median(r.events_per_s for r in floor),

@@ -58,6 +58,14 @@ def test_bench_subcommands_report_sane_figures(kafka_bootstrap, tmp_path, shared
     assert 0 < stream["worker_rss_mb"] < 16_000
     assert stream["compute_bound_fraction"] > 0
     assert stream["floor_events_per_s"] > 0
+    # Every figure of the three agents has its runs beside the median, one per repeat.
+    for who in ("", "baseline_", "floor_"):
+        assert len(stream[f"{who}events_per_s_runs"]) == stream["runs"], who
+        # CPU per event counts from the first answers: the floor may answer all 3,000
+        # before the first look, and then says null rather than 0.
+        cpu, cpu_runs = stream[f"{who}cpu_us_per_event"], stream[f"{who}cpu_us_per_event_runs"]
+        assert (cpu is None and cpu_runs == []) or (cpu > 0 and len(cpu_runs) == stream["runs"])
+    assert stream["cpu_us_per_event"] > 0  # the RUM worker takes seconds over W1[:3000]
     assert (
         abs(stream["fraction_of_floor"] - stream["events_per_s"] / stream["floor_events_per_s"])
         < 0.01
