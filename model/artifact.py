@@ -23,15 +23,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from model.data import Vocab
-from model.network import FeatureRUM, ItemRUM, ModelConfig, build
+
+if TYPE_CHECKING:
+    # torch is imported where weights are read or written: listing a store
+    # (`rum models list`) needs none of it.
+    import torch
+
+    from model.network import FeatureRUM, ItemRUM, ModelConfig
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -61,6 +64,8 @@ class Artifact:
 
     def network(self) -> ItemRUM | FeatureRUM:
         """The torch module with these weights (CPU, eval mode)."""
+        from model.network import build
+
         net = build(self.config)
         net.load_state_dict(self.weights)
         net.eval()
@@ -86,6 +91,9 @@ def save_artifact(
     metrics: dict[str, Any],
 ) -> str:
     """Write the artifact atomically to ``out_dir`` (replacing it); returns the version string."""
+    import torch
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = {name: t.detach().cpu().contiguous() for name, t in net.state_dict().items()}
@@ -136,6 +144,11 @@ def _read_json(path: Path) -> Any:
 
 def load_artifact(artifact_dir: str | Path) -> Artifact:
     """Read and check an artifact; raises :class:`ArtifactError` naming the culprit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from model.network import ModelConfig, build
+
     root = Path(artifact_dir)
     if not root.is_dir():
         msg = (

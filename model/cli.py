@@ -1,6 +1,7 @@
 """``rum train`` and ``rum evaluate``: argument parsing at the edge, then plain function calls.
 
-Every option is also an environment variable ``RUM_<OPTION>`` (see :mod:`model.options`).
+Every option is also an environment variable, ``RUM_TRAIN_<OPTION>`` or
+``RUM_EVALUATE_<OPTION>`` (see :mod:`model.options`).
 
 Baselines: ``--baseline pop`` ranks by training popularity through the same
 evaluator (no ``--model`` needed). ``--baseline alpha0`` evaluates ``--model``
@@ -17,7 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import numpy as np
 import torch
@@ -130,11 +131,17 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_log(path: str, columns: Sequence[str]) -> EventLog:
+def _user_error(command: str, message: object) -> NoReturn:
+    """One line on stderr and exit status 2, as ``rum replay`` does for a user error."""
+    print(f"rum {command}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_log(command: str, path: str, columns: Sequence[str]) -> EventLog:
     try:
         return load_events(path, columns)
     except DataError as exc:
-        raise SystemExit(f"rum: {exc}") from exc
+        _user_error(command, exc)
 
 
 def _validator(split: Split) -> Validator:
@@ -154,7 +161,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def train_main(argv: list[str]) -> int:
     args = train_parser().parse_args(argv)
     device = _setup_torch(args.threads, args.seed)
-    log = _read_log(args.data, args.columns)
+    log = _read_log("train", args.data, args.columns)
     protocol = cast(Protocol, args.protocol)
     split = make_split(log, protocol)
     fit = log if args.all else split.fit
@@ -275,13 +282,13 @@ def _load_scorer(path: str) -> Scorer:
     try:
         return Scorer.load(path)
     except ArtifactError as exc:
-        raise SystemExit(f"rum evaluate: {exc}") from exc
+        _user_error("evaluate", exc)
 
 
 def evaluate_main(argv: list[str]) -> int:
     args = evaluate_parser().parse_args(argv)
     _setup_torch(args.threads)
-    log = _read_log(args.data, args.columns)
+    log = _read_log("evaluate", args.data, args.columns)
     split = make_split(log, cast(Protocol, args.protocol))
     ranker: ev.Ranker
     label: str
@@ -289,15 +296,15 @@ def evaluate_main(argv: list[str]) -> int:
         ranker, label = ev.PopularityRanker(split.fit), "most-popular"
     else:
         if args.model is None:
-            raise SystemExit("rum evaluate: --model DIR is required (except with --baseline pop)")
+            _user_error("evaluate", "--model DIR is required (except with --baseline pop)")
         scorer = _load_scorer(args.model)
         if args.baseline == "alpha0" and scorer.config.alpha != 0.0:
             msg = (
-                f"rum evaluate: --baseline alpha0 needs a model trained with --alpha 0, but "
+                f"--baseline alpha0 needs a model trained with --alpha 0, but "
                 f"{args.model} has alpha={scorer.config.alpha}; train one with the same "
                 "command plus --alpha 0 and pass it as --model"
             )
-            raise SystemExit(msg)
+            _user_error("evaluate", msg)
         ranker, label = scorer, ("alpha0" if args.baseline == "alpha0" else scorer.version)
     results = ev.evaluate_split_test(ranker, split, args.k, args.scoring)
     flat: dict[str, Any] = {"model": label, "protocol": args.protocol, **results}

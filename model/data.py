@@ -159,7 +159,13 @@ def load_events(
                     users.append(str(row[user_col]))
                     items.append(str(row[item_col]))
                     times.append(str(row[time_col]))
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                except KeyError as exc:
+                    msg = (
+                        f"{path}:{line_no}: the object lacks the field {exc.args[0]!r}; name the "
+                        "user, item and timestamp fields with --columns user,item,timestamp"
+                    )
+                    raise DataError(msg) from exc
+                except (json.JSONDecodeError, TypeError) as exc:
                     msg = f"{path}:{line_no}: expected a JSON object with {list(columns)} ({exc!r})"
                     raise DataError(msg) from exc
     else:
@@ -169,12 +175,14 @@ def load_events(
                 delimiter = "\t" if path.suffix in {".tsv", ".tab"} or "\t" in header_line else ","
             header = next(csv.reader([header_line], delimiter=delimiter))
             header = [h.strip() for h in header]
-            try:
-                positions = [header.index(c) for c in columns]
-            except ValueError as exc:
-                msg = f"{path}: header {header} lacks one of the columns {list(columns)}"
-                raise DataError(msg) from exc
-            ui, ii, ti = positions
+            missing = [c for c in columns if c not in header]
+            if missing:
+                msg = (
+                    f"{path}: the header {header} lacks the column(s) {missing}; name the "
+                    "user, item and timestamp columns with --columns user,item,timestamp"
+                )
+                raise DataError(msg)
+            ui, ii, ti = (header.index(c) for c in columns)
             for line_no, row in enumerate(csv.reader(handle, delimiter=delimiter), start=2):
                 if not row:
                     continue

@@ -24,19 +24,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-import torch
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from model.artifact import ArtifactError, resolve_model_dir
 from model.options import add_flag, add_option
-from model.serving import Scorer
 from stream.settings import Settings
 from stream.topics import MODELS_CONFIG
+
+if TYPE_CHECKING:
+    # Imported where a model is loaded: `rum models list` needs no torch.
+    from model.serving import Scorer
 
 
 class AnnouncementError(ValueError):
@@ -101,6 +103,8 @@ def artifact_path(uri: str, model_dir: str = "") -> Path:
 
 def check_scorer(scorer: Scorer, expected_version: str | None = None) -> None:
     """Refuse a loaded model that is not the announced one or cannot score (``ArtifactError``)."""
+    import torch
+
     if expected_version is not None and scorer.version != expected_version:
         msg = (
             f"the artifact holds version {scorer.version} but the announcement says "
@@ -121,6 +125,8 @@ def check_scorer(scorer: Scorer, expected_version: str | None = None) -> None:
 
 def load_announced(announcement: Announcement, model_dir: str = "") -> Scorer:
     """Load and check the artifact of an announcement; ``ArtifactError`` says why not."""
+    from model.serving import Scorer
+
     path = artifact_path(announcement.uri, model_dir)
     scorer = Scorer.load(path)
     check_scorer(scorer, announcement.version)
@@ -234,6 +240,8 @@ def initial_scorer(settings: Settings) -> tuple[Scorer, str]:
     if not settings.model_dir:
         msg = "RUM_MODEL_DIR is not set: point it at a model artifact or store (rum train --out)"
         raise ArtifactError(msg)
+    from model.serving import Scorer
+
     path = resolve_model_dir(settings.model_dir)
     scorer = Scorer.load(path)
     check_scorer(scorer)
@@ -334,13 +342,35 @@ def promote(settings: Settings, version: str) -> Announcement:
     )
 
 
-def add_models_options(parser: argparse.ArgumentParser) -> None:
+def _add_shared_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """``--broker`` and ``--model-dir``, before the action (``rum models --broker X list``) or
+    after it (``rum models list --broker X``).
+
+    After the action they default to ``SUPPRESS``: a sub-parser writes its defaults over
+    the values parsed before it, and an absent option must not undo one given before.
+    """
+    if inherited:
+        parser.add_argument(
+            "--broker", default=argparse.SUPPRESS, help="Kafka URL [env: RUM_BROKER]"
+        )
+        parser.add_argument(
+            "--model-dir", default=argparse.SUPPRESS, help="model store [env: RUM_MODEL_DIR]"
+        )
+        return
     add_option(parser, "--broker", help="Kafka URL", env="RUM_BROKER")
     add_option(parser, "--model-dir", help="model store", env="RUM_MODEL_DIR")
+
+
+def add_models_options(parser: argparse.ArgumentParser) -> None:
+    _add_shared_options(parser, inherited=False)
     actions = parser.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="versions announced (and in the store); * = current")
-    add_flag(listing, "--json", help="one JSON object per line")
-    chosen = actions.add_parser("promote", help="make VERSION current again (rollback)")
+    text = "versions announced (and in the store); * = current"
+    listing = actions.add_parser("list", help=text, description=text)
+    _add_shared_options(listing, inherited=True)
+    add_flag(listing, "--json", help="one JSON object per line", env="RUM_MODELS_LIST_JSON")
+    text = "make VERSION current again (rollback)"
+    chosen = actions.add_parser("promote", help=text, description=text)
+    _add_shared_options(chosen, inherited=True)
     chosen.add_argument("version", help="a version string from `rum models list`")
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from model.data import DEFAULT_COLUMNS, DataError
 from model.options import add_option
+from stream.brokers import BrokerError, bootstrap_servers, probe
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 TSV_SUFFIXES = {".tsv", ".tab"}
@@ -315,14 +316,18 @@ def select(
 
 
 def kafka_bootstrap(broker: str) -> str:
-    """``kafka://a:1;b:2`` (the worker's RUM_BROKER form) or ``a:1,b:2`` -> ``a:1,b:2``."""
-    return ",".join(
-        url.split("://", 1)[-1] for url in broker.replace(",", ";").split(";") if url.strip()
-    )
+    """``kafka://a:1;b:2`` (the worker's RUM_BROKER form) or ``a:1,b:2`` -> ``a:1,b:2``.
+
+    Raises :class:`stream.brokers.BrokerError` for a malformed address.
+    """
+    return bootstrap_servers(broker)
 
 
 def make_producer(bootstrap: str) -> Any:
+    """A producer for ``bootstrap``; ``BrokerError`` within seconds when no server answers."""
     from kafka import KafkaProducer
+
+    probe(bootstrap)
 
     return KafkaProducer(
         bootstrap_servers=bootstrap,
@@ -533,9 +538,10 @@ def replay_main(args: argparse.Namespace) -> int:
             print(f"rum replay: {flag} must be positive, got {value}", file=sys.stderr)
             return 2
     try:
+        bootstrap = kafka_bootstrap(args.broker)
         speed = parse_speed(args.speed)
         log = read_log(args.path, args.columns, args.delimiter, args.id_prefix)
-    except (argparse.ArgumentTypeError, DataError) as exc:
+    except (argparse.ArgumentTypeError, DataError, BrokerError) as exc:
         print(f"rum replay: {exc}", file=sys.stderr)
         return 2
     report_bad_rows(log, args.bad_rows)
@@ -550,7 +556,10 @@ def replay_main(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     try:
-        producer = make_producer(kafka_bootstrap(args.broker))
+        producer = make_producer(bootstrap)
+    except BrokerError as exc:
+        print(f"rum replay: {exc}", file=sys.stderr)
+        return 2
     except KafkaError as exc:
         print(f"rum replay: cannot reach the broker {args.broker}: {exc!r}", file=sys.stderr)
         return 2

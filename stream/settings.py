@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from stream.brokers import DEFAULT_BROKER, BrokerError, bootstrap_servers, parse_broker
+
 Emit = Literal["user", "event"]
 Scoring = Literal["exact", "two-stage", "auto"]
 InputFormat = Literal["auto", "json", "msgpack"]
@@ -32,7 +34,7 @@ class SettingsError(ValueError):
 class Settings:
     broker: str = _setting(
         "RUM_BROKER",
-        "kafka://127.0.0.1:9092",
+        DEFAULT_BROKER,
         "Kafka bootstrap URL(s), `kafka://host:port[;host:port]`",
     )
     app_id: str = _setting(
@@ -178,6 +180,10 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        try:
+            parse_broker(self.broker)
+        except BrokerError as exc:
+            raise SettingsError(str(exc)) from exc
         for f in fields(self):
             literal = _LITERALS.get(str(f.type))
             value = getattr(self, f.name)
@@ -217,7 +223,7 @@ class Settings:
     @property
     def kafka_bootstrap(self) -> str:
         """``kafka://a:1;b:2`` -> ``a:1,b:2`` for kafka-python."""
-        return ",".join(url.split("://", 1)[-1] for url in self.broker.replace(",", ";").split(";"))
+        return bootstrap_servers(self.broker)
 
     @property
     def data_path(self) -> Path:
@@ -228,6 +234,16 @@ class Settings:
 
 
 _LITERALS = {"Emit": Emit, "Scoring": Scoring, "InputFormat": InputFormat, "Guarantee": Guarantee}
+
+
+_NUMBERS = {"int": "an integer", "float": "a number"}
+
+
+def _number(kind: str, raw: str) -> int | float:
+    try:
+        return int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        raise ValueError(f"expected {_NUMBERS[kind]}") from None
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
@@ -241,10 +257,8 @@ def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
             if lowered in {"0", "false", "no", "off"}:
                 return False
             raise ValueError("expected true/false")
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        if kind in _NUMBERS:
+            return _number(kind, raw)
         if kind in _LITERALS:
             allowed = get_args(_LITERALS[kind])
             if raw not in allowed:

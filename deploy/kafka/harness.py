@@ -31,6 +31,7 @@ LOG4J_CONFIG = HERE / "log4j2.properties"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rum-stream"
 DEFAULT_DATA_DIR = Path(os.environ.get("RUM_KAFKA_DATA_DIR", CACHE_DIR / "kafka-broker"))
 STATE_FILE = "broker.json"
+DEFAULT_PORT = 9092  # the port of RUM_BROKER's default, kafka://127.0.0.1:9092
 
 
 class KafkaHarnessError(RuntimeError):
@@ -54,6 +55,39 @@ def kafka_version() -> str:
     text = POM.read_text()
     start = text.index("<kafka.version>") + len("<kafka.version>")
     return text[start : text.index("</kafka.version>")]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port`` and it can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the broker's own listener does: a closed connection in TIME_WAIT is no owner.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(requested: int | None, default: int = DEFAULT_PORT) -> tuple[int, str | None]:
+    """The port ``rum kafka start`` uses, and a note when it is not the one asked for.
+
+    An explicit ``requested`` port is used as it is (``KafkaHarnessError`` when taken);
+    otherwise ``default`` (9092, what ``RUM_BROKER`` defaults to) when free, else a free one.
+    """
+    if requested is not None:
+        if not port_is_free(requested):
+            msg = f"port {requested} on 127.0.0.1 is taken; choose another --port"
+            raise KafkaHarnessError(msg)
+        return requested, None
+    if port_is_free(default):
+        return default, None
+    port = free_port()
+    note = (
+        f"port {default} (the RUM_BROKER default) is taken on 127.0.0.1, so the broker "
+        f"listens on {port}: export the RUM_BROKER line below"
+    )
+    return port, note
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ def test_tsv_and_jsonl_with_column_mapping(tmp_path: Path) -> None:
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     log = load_events(jsonl, columns=("u", "i", "t"))
     assert log.item_ids.tolist() == ["8", "7"] and log.timestamps.dtype == np.int64
-    with pytest.raises(DataError, match="lacks one of the columns"):
+    with pytest.raises(DataError, match=r"lacks the column\(s\) \['user_id', 'item_id'.*--columns"):
         load_events(tsv)
 
 
