@@ -104,12 +104,9 @@ def evaluate_topic(
 
 
 def add_evaluate_stream_options(parser: argparse.ArgumentParser) -> None:
-    add_option(
-        parser, "--data", required=True, help="the event log that was replayed", env="RUM_DATA"
-    )
-    add_option(
-        parser, "--model", required=True, help="the model artifact the worker ran", env="RUM_MODEL"
-    )
+    # --data and --model read RUM_EVALUATE_STREAM_DATA / _MODEL (model.options derives them).
+    add_option(parser, "--data", required=True, help="the event log that was replayed")
+    add_option(parser, "--model", required=True, help="the model artifact the worker ran")
     add_option(
         parser,
         "--topic",
