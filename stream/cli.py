@@ -42,6 +42,10 @@ def _kafka_start(args: argparse.Namespace) -> int:
         return 0
     try:
         port, note = harness.pick_port(args.port)
+    except harness.KafkaHarnessError as exc:  # the --port asked for is taken: a user error
+        print(f"rum kafka start: {exc}", file=sys.stderr)
+        return 2
+    try:
         info = harness.start(data_dir, port, embedded=args.embedded)
     except harness.KafkaHarnessError as exc:
         print(f"rum kafka start: {exc}", file=sys.stderr)

@@ -378,3 +378,11 @@ def test_kafka_start_says_when_the_default_port_is_taken(closed_port: int) -> No
     assert port != closed_port and note is not None and f"port {closed_port}" in note
     with pytest.raises(harness.KafkaHarnessError, match=f"port {closed_port} .* is taken"):
         harness.pick_port(closed_port)
+
+
+def test_kafka_start_on_a_taken_port_is_a_user_error(
+    closed_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["kafka", "start", "--port", str(closed_port), "--data-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "choose another --port" in capsys.readouterr().err
