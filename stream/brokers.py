@@ -79,7 +79,7 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S, option: str = "--broker") -> None:
     """Return once one bootstrap server of ``url`` accepts a TCP connection.
 
     Raises :class:`BrokerError` (one line: every server with why it failed, and
@@ -94,6 +94,6 @@ def probe(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             failures.append(f"{server}: {_reason(exc)}")
     msg = (
         f"cannot reach the Kafka broker {url} ({'; '.join(failures)}); start one with "
-        "`rum kafka start` and export the RUM_BROKER line it prints, or pass --broker"
+        f"`rum kafka start` and export the RUM_BROKER line it prints, or pass {option}"
     )
     raise BrokerError(msg)

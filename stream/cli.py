@@ -259,6 +259,7 @@ class Command:
     run: Handler
     # The broker the command talks to; None: it talks to no broker, or checks its own.
     broker: BrokerOf | None = None
+    broker_option: str = "--broker"
 
 
 COMMANDS: dict[str, Command] = {
@@ -329,6 +330,7 @@ COMMANDS: dict[str, Command] = {
         _add_bench_options,
         _bench,
         _bench_broker,
+        "--bootstrap",
     ),
 }
 
@@ -362,7 +364,7 @@ def check_broker(command: Command, args: argparse.Namespace) -> str | None:
     try:
         broker = command.broker(args)
         if broker:
-            probe(broker)
+            probe(broker, option=command.broker_option)
     except (BrokerError, SettingsError) as exc:
         return str(exc)
     return None

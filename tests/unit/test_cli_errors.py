@@ -117,6 +117,15 @@ def test_commands_with_a_broker_option_check_it_first(
     assert "connection refused" in err and "rum kafka start" in err and err.count("\n") == 1
 
 
+def test_bench_checks_the_broker_it_is_given(
+    closed_port: int, clean_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "stream", "--bootstrap", "nonsense"]) == 2
+    assert "'nonsense' has no port" in capsys.readouterr().err
+    assert main(["bench", "stream", "--bootstrap", f"127.0.0.1:{closed_port}"]) == 2
+    assert "connection refused" in capsys.readouterr().err
+
+
 def test_replay_refuses_a_malformed_broker_before_reading(
     tmp_path: Path, closed_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
