@@ -5,13 +5,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# torch from PyPI without what a CPU never loads (triton, cuSOLVER, ...): 1.3 GB less.
+TORCH_CPU := deploy/requirements-torch-cpu.txt
+LEAN := $(BIN)/python deploy/lean_install.py
 
 .PHONY: demo test lint typecheck unit integration kafka-jars clean
 
-$(INSTALLED): pyproject.toml
+# `--no-deps` twice: a plain `pip install -e .` would pull torch's left-out wheels back in.
+# `lean_install.py rest` lists the rest of pyproject.toml's requirements; `check` fails on any
+# missing one other than those left out on purpose, and unless torch runs on the CPU.
+$(INSTALLED): pyproject.toml $(TORCH_CPU) deploy/lean_install.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps -r $(TORCH_CPU)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(LEAN) rest > $(VENV)/requirements-rest.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements-rest.txt
+	$(LEAN) check
 	touch $(INSTALLED)
 
 kafka-jars: $(INSTALLED)
