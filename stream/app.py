@@ -25,6 +25,7 @@ import faust
 import torch
 from faust.exceptions import SameNode
 from faust.tables.manager import TableManager
+from faust.types import TP
 from faust.web import Request, Response, View
 
 from model.serving import Recommendation, Scorer
@@ -386,10 +387,28 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
     gaps: dict[Any, int] = {}
 
     async def read_gaps_again() -> None:
+        committed: Any = getattr(app.consumer, "_committed_offset", {})
         while gaps:
             tp, offset = gaps.popitem()
-            runtime.metrics.resyncs.inc()
+            count_reread(tp, committed.get(tp), "gap")
             await app.consumer.seek(tp, offset)
+
+    def count_reread(tp: Any, committed: int | None, why: str) -> None:
+        """A repair (``rum_stream_resyncs_total``) or a first read from the log start.
+
+        A partition that never had a committed offset is read from its start: the
+        first reading of a fresh deployment, not records lost and read again.
+        """
+        if committed is None:
+            runtime.metrics.first_reads.inc()
+            log.info(
+                "uncommitted_partition_read_from_start",
+                topic=tp.topic,
+                partition=tp.partition,
+                trigger=why,
+            )
+        else:
+            runtime.metrics.resyncs.inc()
 
     @dataclass
     class Prepared:
@@ -674,15 +693,16 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                         error=repr(exc),
                     )
                     continue
-                log.warning(
-                    "stream_resync",
-                    reason="records read but never committed",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offset=committed,
-                    position=position,
-                )
-                runtime.metrics.resyncs.inc()
+                if known is not None:
+                    log.warning(
+                        "stream_resync",
+                        reason="records read but never committed",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=committed,
+                        position=position,
+                    )
+                count_reread(tp, known, "idle")
                 last_batch_at[0] = now  # give the records read again time to arrive
 
     @app.page("/recommendations/{user_id}")
@@ -702,7 +722,9 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
         try:
             return await app.router.route_req(states.name, user_id, web.web, request)
         except SameNode:
-            pass
+            refusal = not_held_here(user_id)
+            if refusal is not None:
+                return web.json(refusal, status=503, headers={"Retry-After": "1"})
         except Exception as exc:
             log.warning("route_failed", user_id=user_id, error=repr(exc))
             return web.json(
@@ -727,25 +749,53 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
 
         loop = asyncio.get_running_loop()
         state, ranked = await loop.run_in_executor(runtime.executor, read_and_rank)
-        body = {
-            "user_id": user_id,
-            "items": items_payload(ranked[0]),
-            "model_version": scorer.version,
-            "history": list(state.history) if state is not None else [],
-            "events_applied": state.applied if state is not None else 0,
-            "generated_at": time.time(),
-        }
-        return web.json(body)
+        return web.json(recommendation_body(user_id, ranked[0], scorer.version, state))
 
-    @app.page("/health")
-    async def health(web: View, request: Request) -> Response:
-        ok, body = health_report(
+    def not_held_here(user_id: str) -> dict[str, Any] | None:
+        """Why this worker must not answer for ``user_id`` (None: it holds the user).
+
+        The partition map names this worker's own address as the owner's. When the
+        worker is not assigned that partition, another worker announces the same
+        address (e.g. every replica of a compose service announcing one name): an
+        answer from here would be a cold start for a user who has a history.
+        """
+        changelog = states.changelog_topic.get_topic_name()
+        key = states.changelog_topic.prepare_key(user_id, None)[0]
+        tp: TP = app.producer.key_partition(changelog, key)
+        if app.assignor.is_active(tp):
+            return None
+        address = str(app.conf.canonical_url)
+        log.warning("route_misdirected", user_id=user_id, partition=tp.partition, address=address)
+        return {
+            "error": (
+                f"this worker ({address}) does not hold partition {tp.partition} of this user,"
+                " yet the partition map names its address: another worker announces the same"
+                " RUM_WEB_HOST:RUM_WEB_PORT (give each worker its own), or partitions are moving"
+            ),
+            "partition": tp.partition,
+        }
+
+    def current_health() -> tuple[bool, dict[str, Any]]:
+        return health_report(
             assigned=len(app.consumer.assignment()) if app.consumer is not None else 0,
             recovered=cast(TableManager, app.tables).recovery.completed.is_set(),
             rebalancing=bool(app.rebalancing),
             runtime=runtime,
         )
+
+    @app.page("/health")
+    async def health(web: View, request: Request) -> Response:
+        ok, body = current_health()
         return web.json(body, status=200 if ok else 503)
+
+    @app.page("/health/ready")
+    async def health_ready(web: View, request: Request) -> Response:
+        ok, body = current_health()
+        return web.json(body, status=200 if ok else 503)
+
+    @app.page("/health/live")
+    async def health_live(web: View, request: Request) -> Response:
+        return web.json(liveness_report(runtime))
 
     @app.page("/metrics")
     async def metrics_view(web: View, request: Request) -> Response:
@@ -789,6 +839,35 @@ def health_report(
         "model_refused": runtime.refused,
     }
     return ok, body
+
+
+def recommendation_body(
+    user_id: str, ranked: list[Recommendation], model_version: str, state: UserState | None
+) -> dict[str, Any]:
+    """The body of ``GET /recommendations/{user_id}`` (every field is in the README).
+
+    ``cold_start`` is true when the worker holds no state for the user (no event of
+    theirs applied): the list then comes from the model alone, the same for every
+    such user.
+    """
+    return {
+        "user_id": user_id,
+        "items": items_payload(ranked),
+        "model_version": model_version,
+        "history": list(state.history) if state is not None else [],
+        "events_applied": state.applied if state is not None else 0,
+        "cold_start": state is None,
+        "generated_at": time.time(),
+    }
+
+
+def liveness_report(runtime: Runtime) -> dict[str, Any]:
+    """The body of ``GET /health/live``: the process is up and its web server answers.
+
+    Always 200: a worker that is rebalancing or recovering is alive (restarting
+    it would only start the recovery again); readiness is ``/health/ready``.
+    """
+    return {"status": "alive", "model_version": runtime.scorer.version}
 
 
 async def follow_announcements(runtime: Runtime, retry_s: float = 5.0) -> None:

@@ -44,7 +44,14 @@ class Metrics:
         )
         self.resyncs = Counter(
             "rum_stream_resyncs",
-            "input partitions sought back to their committed offset after Faust dropped records",
+            "repairs: input partitions sought back to their committed offset after Faust"
+            " dropped records it had fetched",
+            registry=r,
+        )
+        self.first_reads = Counter(
+            "rum_stream_first_reads",
+            "input partitions with no committed offset read from their start (a fresh"
+            " deployment's first reading, not a repair)",
             registry=r,
         )
         self.model_info = Gauge(

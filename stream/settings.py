@@ -48,7 +48,10 @@ class Settings:
     )
     web_port: int = _setting("RUM_WEB_PORT", 6066, "HTTP port of this worker; one per worker")
     web_host: str = _setting(
-        "RUM_WEB_HOST", "127.0.0.1", "host name other workers reach this one at (request routing)"
+        "RUM_WEB_HOST",
+        "127.0.0.1",
+        "host name other workers reach this one at (request routing); `@hostname`: this"
+        " machine's host name, `@ip`: its address (one per replica in compose)",
     )
     web_bind: str = _setting(
         "RUM_WEB_BIND", "127.0.0.1", "HTTP bind address (`0.0.0.0` in a container)"

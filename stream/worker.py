@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import socket
 import sys
 from pathlib import Path
 
@@ -23,6 +25,36 @@ def load_scorer(settings: Settings) -> Scorer:
     return Scorer.load(resolve_model_dir(settings.model_dir))
 
 
+# RUM_WEB_HOST values that the worker replaces by this machine's own name or address:
+# each replica of a compose service (or pod) then announces an address of its own.
+HOSTNAME = "@hostname"
+HOST_IP = "@ip"
+
+
+class AnnouncedHostError(ValueError):
+    """RUM_WEB_HOST=@ip, and this machine's host name does not resolve to an address."""
+
+
+def announced_host(web_host: str) -> str:
+    """The host name other workers reach this one at, for ``RUM_WEB_HOST``.
+
+    ``@hostname`` is this machine's host name (a container's is its own id, which
+    other containers of the compose project resolve), ``@ip`` the address that
+    name resolves to (a container's address on its network); anything else is
+    used as it is.
+    """
+    if web_host == HOSTNAME:
+        return socket.gethostname()
+    if web_host == HOST_IP:
+        name = socket.gethostname()
+        try:
+            return socket.gethostbyname(name)
+        except OSError as exc:
+            msg = f"RUM_WEB_HOST=@ip: this host's name {name!r} does not resolve ({exc})"
+            raise AnnouncedHostError(msg) from exc
+    return web_host
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--broker", help="Kafka URL", env="RUM_BROKER")
     add_option(parser, "--model-dir", help="model artifact or store", env="RUM_MODEL_DIR")
@@ -40,6 +72,11 @@ def worker_main(args: argparse.Namespace) -> int:
             web_port=args.web_port,
         )
     except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        settings = dataclasses.replace(settings, web_host=announced_host(settings.web_host))
+    except AnnouncedHostError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
@@ -78,11 +115,20 @@ def worker_main(args: argparse.Namespace) -> int:
         items=scorer.num_items,
         partitions=settings.partitions,
         web_port=settings.web_port,
+        announced=f"{settings.web_host}:{settings.web_port}",
         data_dir=settings.data_dir,
     )
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     raise_producer_buffer(app, settings)
-    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    # The logging configured above stays: mode's own setup would add its text handler
+    # and print stdout (our JSON lines included) under a [WARNING] prefix.
+    worker = Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
     # Faust's terminal spinner lowers the root logger to DEBUG so that it can animate on
     # every record: each debug call in aiokafka then builds a LogRecord (about 5% of the
     # event loop in `rum bench stream`). A worker logs JSON, not a spinner.

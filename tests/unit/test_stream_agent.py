@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import cast
 
 import faust
 
-from stream.app import create_app, health_report, runtime_of
+from stream.app import (
+    create_app,
+    health_report,
+    liveness_report,
+    recommendation_body,
+    runtime_of,
+)
 from stream.settings import Settings
+from stream.state import new_state
 from tests.stream_toys import tiny_scorer
 
 
@@ -69,3 +77,34 @@ def test_health_is_ready_with_an_empty_assignment_and_not_while_rebalancing() ->
     assert not ok and body["status"] == "starting" and body["rebalancing"]
     ok, _ = health_report(assigned=3, recovered=False, rebalancing=False, runtime=runtime)
     assert not ok
+
+
+def test_liveness_is_up_whatever_the_readiness() -> None:
+    runtime = runtime_of(create_app(Settings(app_id="live-test"), tiny_scorer("item")))
+    ready, _ = health_report(assigned=3, recovered=False, rebalancing=True, runtime=runtime)
+    assert not ready  # /health/ready answers 503 ...
+    assert liveness_report(runtime) == {"status": "alive", "model_version": "v1"}  # ... live 200
+
+
+def test_an_answer_without_state_is_marked_cold_start() -> None:
+    scorer = tiny_scorer("item")
+    ranked = scorer.score_many(["u1"], [scorer.empty_memory()], [frozenset()], 3)[0]
+    cold = recommendation_body("u1", ranked, scorer.version, None)
+    assert cold["cold_start"] is True and cold["events_applied"] == 0 and cold["history"] == []
+    state = dataclasses.replace(new_state(scorer), history=("4", "7"), applied=2)
+    warm = recommendation_body("u1", ranked, scorer.version, state)
+    assert warm["cold_start"] is False and warm["events_applied"] == 2
+    assert warm["history"] == ["4", "7"] and len(warm["items"]) == 3
+    assert (
+        set(cold)
+        == set(warm)
+        == {
+            "user_id",
+            "items",
+            "model_version",
+            "history",
+            "events_applied",
+            "cold_start",
+            "generated_at",
+        }
+    )
