@@ -25,7 +25,7 @@ from tests.integration.worker_harness import (
     wait_applied,
     wait_healthy,
 )
-from tests.kafka_tools import read_topic
+from tests.kafka_tools import read_topic, web_port
 
 pytestmark = pytest.mark.kafka
 
@@ -71,9 +71,15 @@ def test_recommendations_equal_the_offline_scorer(
         messages = recommendations_covering(
             kafka_bootstrap, deployment.recommendations, {e["event_id"] for e in events}
         )
+        live = http_json(worker, "/health/live")
+        ready = http_json(worker, "/health/ready")
+        metrics = http_text(worker, "/metrics")
         assert worker.alive(), worker.log_tail()
     finally:
         deployment.stop_all()
+    assert live[0] == 200 and live[1]["status"] == "alive"
+    assert ready[0] == 200 and ready[1]["status"] == "ok"
+    _assert_a_clean_start(worker.log_path, metrics)
     scorer = Scorer.load(model)
     last_message: dict[str, dict] = {}
     for message in messages:
@@ -89,6 +95,17 @@ def test_recommendations_equal_the_offline_scorer(
                 weights = [b["weight"] for b in item["because"]]
                 assert {b["item_id"] for b in item["because"]} <= set(history)
                 assert sum(weights) == pytest.approx(1.0, abs=1e-4)
+
+
+def _assert_a_clean_start(log_path: Path, metrics: str) -> None:
+    """One JSON stream, nothing at ERROR, and no repair counted on a fresh deployment."""
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert {line["level"] for line in lines} <= {"debug", "info", "warning"}, [
+        line for line in lines if line["level"] not in ("debug", "info", "warning")
+    ]
+    assert any(line["event"] == "worker_starting" for line in lines)
+    assert any(line["logger"].startswith("faust") for line in lines)  # Faust's own lines too
+    assert re.search(r"^rum_stream_resyncs_total 0\.0$", metrics, re.M), metrics
 
 
 BAD_RECORDS: list[tuple[str, bytes | None, bytes | None, list]] = [
@@ -267,3 +284,43 @@ def test_two_workers_share_partitions_and_survive_losing_one(
     for user, history in histories.items():
         assert via_a[user]["history"] == via_b[user]["history"] == after[user]["history"] == history
         assert after[user]["events_applied"] == len(history)
+        assert not (via_a[user]["cold_start"] or via_b[user]["cold_start"])
+
+
+def test_workers_announcing_one_address_never_answer_for_a_user_they_do_not_hold(
+    kafka_bootstrap: str, item_model: Path, tmp_path: Path
+) -> None:
+    """Two replicas announcing the same RUM_WEB_HOST:RUM_WEB_PORT (compose's service
+    name for every replica): each answers its own users, and a 503 for the others,
+    never a 200 with a cold start for a user who has a history."""
+    deployment = _deployment(kafka_bootstrap, item_model, tmp_path)
+    port = web_port()
+    a = deployment.worker("a", port=port, bind="127.0.0.1", RUM_WEB_HOST="127.0.0.1").start()
+    b = deployment.worker("b", port=port, bind="127.0.0.2", RUM_WEB_HOST="127.0.0.1").start()
+    answers: list[tuple[str, str, int, dict]] = []
+    try:
+        wait_healthy(a)
+        wait_healthy(b)
+        events = synthetic_events(users=24, per_user=3, items=60)
+        expected = {u: len(h) for u, h in _histories(events).items()}
+        produce(kafka_bootstrap, deployment.purchases, events)
+        recommendations_covering(
+            kafka_bootstrap, deployment.recommendations, {e["event_id"] for e in events}
+        )
+        for label, worker in (("a", a), ("b", b)):
+            for user in expected:
+                status, body = http_json(worker, f"/recommendations/{user}?k=3")
+                answers.append((label, user, status, body))
+        assert a.alive() and b.alive(), a.log_tail() + b.log_tail()
+    finally:
+        deployment.stop_all()
+    answered = [(w, u, body) for w, u, status, body in answers if status == 200]
+    wrong = [(w, u, body) for w, u, body in answered if body["events_applied"] != expected[u]]
+    assert not wrong, wrong
+    assert all(body["cold_start"] is False for _w, _u, body in answered)
+    assert {status for *_, status, _body in answers} <= {200, 503}
+    assert answered, answers  # the owner still answers its users
+    refused = [body for *_, status, body in answers if status == 503]
+    # The requests that were answered 200 with a cold start before: the owner's address
+    # is this worker's own, and this worker does not hold the user's partition.
+    assert any("does not hold partition" in body["error"] for body in refused), refused

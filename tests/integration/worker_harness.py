@@ -40,8 +40,20 @@ class Deployment:
     def dlq(self) -> str:
         return f"{self.name}.dlq"
 
-    def worker(self, label: str, data_dir: Path | None = None, **env: str) -> WorkerProcess:
-        port = web_port()
+    def worker(
+        self,
+        label: str,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        bind: str = "127.0.0.1",
+        **env: str,
+    ) -> WorkerProcess:
+        """A worker listening on ``bind``:``port`` (a free port unless given).
+
+        Every address of 127.0.0.0/8 is the loopback on Linux: workers bound to
+        127.0.0.1 and 127.0.0.2 can share a port, as containers share one.
+        """
+        port = port or web_port()
         data = data_dir or (self.root / f"data-{label}")
         environment = {
             "RUM_BROKER": f"kafka://{self.bootstrap}",
@@ -49,6 +61,7 @@ class Deployment:
             "RUM_MODEL_DIR": str(self.model_dir),
             "RUM_DATA_DIR": str(data),
             "RUM_WEB_PORT": str(port),
+            "RUM_WEB_BIND": bind,
             "RUM_PARTITIONS": str(self.partitions),
             "RUM_TOPIC_PURCHASES": self.purchases,
             "RUM_TOPIC_RECOMMENDATIONS": self.recommendations,
@@ -61,6 +74,7 @@ class Deployment:
             ["-m", "stream.cli", "worker"], environment, self.root / f"{label}.log"
         )
         worker.port = port  # type: ignore[attr-defined]
+        worker.host = bind  # type: ignore[attr-defined]
         self.workers.append(worker)
         return worker
 
@@ -70,7 +84,8 @@ class Deployment:
 
 
 def url(worker: WorkerProcess, path: str) -> str:
-    return f"http://127.0.0.1:{worker.port}{path}"  # type: ignore[attr-defined]
+    host = getattr(worker, "host", "127.0.0.1")
+    return f"http://{host}:{worker.port}{path}"  # type: ignore[attr-defined]
 
 
 def http_json(worker: WorkerProcess, path: str, timeout_s: float = 10.0) -> tuple[int, Any]:
