@@ -17,7 +17,7 @@ import torch
 
 from model import metrics
 from model.data import PAD, EventLog, Vocab
-from model.serving import Memory, Recommendation
+from model.serving import Memory, Recommendation, id_ranks
 from model.splits import Case, Replay, Split
 
 DEFAULT_KS = (5, 10, 20)
@@ -79,7 +79,7 @@ class PopularityRanker:
         mode: Literal["exact", "two-stage"] = "exact",
         candidates: int = 200,
     ) -> list[list[Recommendation]]:
-        order = np.argsort(-self.counts[1:], kind="stable") + 1
+        order = np.lexsort((id_ranks(self.items)[1:], -self.counts[1:])) + 1  # ties: by id
         total = max(self.counts.sum(), 1.0)
         out = []
         for seen in exclude:

@@ -30,6 +30,29 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return exp / total.clamp_min(torch.finfo(logits.dtype).tiny)
 
 
+# --- batch-invariant products -------------------------------------------------------
+
+ROW_BLOCK = 16  # rows of every scoring product are padded to a multiple of this
+
+
+def pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """x [B, ...] with zero rows appended up to a multiple of :data:`ROW_BLOCK` (at least one).
+
+    BLAS kernels choose their code path by the number of rows of a product: with MKL
+    on the reference CPU a product of 1-3 rows (up to 11 with two threads) rounds
+    differently from the same row inside a larger product, so a user's scores would
+    depend in their last bits on who shared the micro-batch. From 16 rows on, every
+    row measured came out bit-identical whatever the other rows, its position and the
+    thread count, so padding keeps a user's scores a function of that user alone.
+    ``tests/unit/test_model_determinism.py`` checks the property on this machine.
+    """
+    rows = x.shape[0]
+    padded = max(1, -(-rows // ROW_BLOCK)) * ROW_BLOCK
+    if padded == rows:
+        return x
+    return torch.cat([x, x.new_zeros((padded - rows, *x.shape[1:]))])
+
+
 # --- item-level -----------------------------------------------------------------
 
 
@@ -212,17 +235,50 @@ def feature_candidate_logits_np(
     return np.einsum("bcj,bcj->bc", dots, np.take(z1_all, cands, axis=0))  # [B, C]
 
 
-def top_k_rows_np(scores: np.ndarray, k: int) -> np.ndarray:
+def top_k_rows_np(scores: np.ndarray, k: int, tie_key: np.ndarray | None = None) -> np.ndarray:
     """Column indices of each row's k largest scores, best first: [B, C] -> [B, k].
 
-    Ties keep the lower column first (a stable sort of the k picked).
+    Equal scores are ordered by ``tie_key`` [B, C] (smaller first; default: the
+    column), also where a tie straddles the k-th place, so the result is a
+    function of the row alone.
     """
     count = scores.shape[1]
     k = min(k, count)
+    key = np.broadcast_to(np.arange(count), scores.shape) if tie_key is None else tie_key
     if k < count:
         picked = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [B, k], unordered
+        kth = np.take_along_axis(scores, picked, axis=1).min(axis=1, keepdims=True)  # [B, 1]
+        for row in np.flatnonzero((scores >= kth).sum(axis=1) > k):
+            # A tie at the cut: argpartition chose among the tied columns arbitrarily.
+            picked[row] = np.lexsort((key[row], -scores[row]))[:k]
     else:
         picked = np.broadcast_to(np.arange(count), scores.shape).copy()
-    picked.sort(axis=1)  # column order, so that the stable sort below breaks ties by it
-    order = np.argsort(-np.take_along_axis(scores, picked, axis=1), axis=1, kind="stable")
+    order = np.lexsort(
+        (np.take_along_axis(key, picked, axis=1), -np.take_along_axis(scores, picked, axis=1)),
+        axis=1,
+    )
     return np.take_along_axis(picked, order, axis=1)
+
+
+def top_k_by_score_then_key(
+    logits: torch.Tensor, k: int, tie_key: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of each row of logits [B, N] as (values [B, k], columns [B, k]).
+
+    Ordered by score, then by ``tie_key`` [N] (smaller first). ``torch.topk`` does the
+    selection over the whole catalogue; rows where equal scores straddle the k-th
+    place (rare with real embeddings) are re-selected exactly, so which of the tied
+    items is shown never depends on the kernel's internal order.
+    """
+    values, columns = torch.topk(logits, k, dim=1)  # [B, k] each
+    top_values, top_columns = values.numpy().copy(), columns.numpy().copy()
+    kth = values[:, -1:]  # [B, 1]
+    for row in torch.nonzero((logits >= kth).sum(dim=1) > k).flatten().tolist():
+        tied = torch.nonzero(logits[row] >= kth[row]).flatten().numpy()  # [>k]
+        row_values = logits[row, tied].numpy()
+        best = np.lexsort((tie_key[tied], -row_values))[:k]
+        top_values[row], top_columns[row] = row_values[best], tied[best]
+    order = np.lexsort((tie_key[top_columns], -top_values), axis=1)  # [B, k]
+    return np.take_along_axis(top_values, order, axis=1), np.take_along_axis(
+        top_columns, order, axis=1
+    )

@@ -102,7 +102,9 @@ class Scorer:
         self._q = weights["item_emb.weight"]  # [N+1, D]
         self._p = weights["user_emb.weight"]  # [U+1, D]
         self._popularity = np.asarray(popularity, dtype=np.float64)  # [N+1], [0] = 0
-        self._pop_order = np.argsort(-self._popularity[1:], kind="stable") + 1  # [N]
+        # Equal scores are ordered by raw item id everywhere (worker, HTTP, evaluator).
+        self._id_rank = id_ranks(items)  # [N+1]
+        self._pop_order = np.lexsort((self._id_rank[1:], -self._popularity[1:])) + 1  # [N]
         self._pop_total = max(float(self._popularity.sum()), 1.0)
         if self.variant == "feature":
             features = weights["features"]
@@ -256,17 +258,21 @@ class Scorer:
     def logits_many(self, user_ids: Sequence[str], memories: Sequence[Memory]) -> torch.Tensor:
         """Exact logits of every item row for B users: [B, N+1]; column 0 (padding) is -inf."""
         cfg = self.config
+        batch = len(user_ids)
         with torch.no_grad():
-            p = self._user_vectors(user_ids)  # [B, D]
+            # Padded to whole row blocks, so that a user's logits do not depend on the
+            # batch (see kernels.pad_rows); the padding rows are dropped at the end.
+            p = kernels.pad_rows(self._user_vectors(user_ids))  # [B', D]
             if self.variant == "item":
-                window = self._item_window(memories)  # [B, K]
+                window = kernels.pad_rows(self._item_window(memories))  # [B', K]
                 logits = kernels.item_logits_all(
                     p, self._q, self._q[window], window > 0, cfg.alpha, cfg.beta
                 )
             else:
-                slots = self._feature_slots(memories)  # [B, K, D]
-                rows = kernels.feature_user_rows(p, slots, cfg.alpha)  # [B, D + K·D]
-                logits = rows @ self._table.T  # [B, N+1]
+                slots = kernels.pad_rows(self._feature_slots(memories))  # [B', K, D]
+                rows = kernels.feature_user_rows(p, slots, cfg.alpha)  # [B', D + K·D]
+                logits = rows @ self._table.T  # [B', N+1]
+            logits = logits[:batch]  # [B, N+1]
             logits[:, PAD] = -math.inf
         return logits
 
@@ -309,18 +315,20 @@ class Scorer:
     def _retrieval(
         self, user_ids: Sequence[str], memories: Sequence[Memory]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-user query vectors [B, R] and item vectors [N+1, R] whose inner products
-        approximate the exact logits (two-stage scoring, first stage)."""
-        p = self._user_vectors(user_ids)
+        """Per-user query vectors [B', R] and item vectors [N+1, R] whose inner products
+        approximate the exact logits (two-stage scoring, first stage). B' is B padded to
+        whole row blocks (:func:`kernels.pad_rows`); the caller drops the padding rows."""
+        p = kernels.pad_rows(self._user_vectors(user_ids))  # [B', D]
         if self.variant == "item":
             # Uniform attention over the stored items stands in for the per-candidate softmax.
-            window = self._item_window(memories)  # [B, K]
+            window = kernels.pad_rows(self._item_window(memories))  # [B', K]
             occupied = (window > 0).float()  # [B, K]
             summed = (self._q[window] * occupied[:, :, None]).sum(dim=1)  # [B, D]
             mean = summed / occupied.sum(dim=1, keepdim=True).clamp_min(1.0)
             return p + self.config.alpha * mean, self._q
         basis = self._retrieval_basis()
-        rows = kernels.feature_user_rows(p, self._feature_slots(memories), self.config.alpha)
+        slots = kernels.pad_rows(self._feature_slots(memories))  # [B', K, D]
+        rows = kernels.feature_user_rows(p, slots, self.config.alpha)  # [B', D + K·D]
         return rows @ basis, self._retrieval_items
 
     def _exclusion(self, exclude: Sequence[Collection[str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,17 +372,20 @@ class Scorer:
                 logits[rows, cols] = -math.inf
                 # torch.topk over the whole catalogue: about twice as fast as numpy's
                 # argpartition + sort for k = 10 of 12k columns.
-                values, index = torch.topk(logits, min(k, self.num_items), dim=1)
-                top_logits, top_index = values.numpy(), index.numpy()
+                top_logits, top_index = kernels.top_k_by_score_then_key(
+                    logits, min(k, self.num_items), self._id_rank
+                )
             elif mode == "two-stage":
-                queries, item_vectors = self._retrieval(user_ids, memories)  # [B, R], [N+1, R]
-                coarse = (queries @ item_vectors.T).numpy()  # [B, N+1]
+                queries, item_vectors = self._retrieval(user_ids, memories)  # [B', R], [N+1, R]
+                coarse = (queries @ item_vectors.T)[:batch].numpy()  # [B, N+1]
                 coarse[:, PAD] = -math.inf
                 coarse[rows, cols] = -math.inf
                 cands = top_unsorted(coarse, min(candidates, self.num_items))  # [B, C]
                 exact = self._candidate_logits(user_ids, memories, cands)  # [B, C]
                 exact[np.isneginf(np.take_along_axis(coarse, cands, axis=1))] = -math.inf
-                pos = kernels.top_k_rows_np(exact, min(k, cands.shape[1]))  # [B, k]
+                pos = kernels.top_k_rows_np(
+                    exact, min(k, cands.shape[1]), self._id_rank[cands]
+                )  # [B, k]
                 top_logits = np.take_along_axis(exact, pos, axis=1)
                 top_index = np.take_along_axis(cands, pos, axis=1)
             else:
@@ -444,6 +455,17 @@ class Scorer:
             if len(out) == k:
                 break
         return out
+
+
+def id_ranks(items: Vocab) -> np.ndarray:
+    """Per item index, the position of its raw id in sorted order: [N+1] (padding 0 first).
+
+    Ties between equal scores are broken by it, so they never depend on the order
+    in which a model's vocabulary happened to be built."""
+    order = sorted(range(1, items.size + 1), key=items.raw)
+    ranks = np.zeros(items.size + 1, dtype=np.int64)
+    ranks[order] = np.arange(1, items.size + 1)
+    return ranks
 
 
 def top_unsorted(scores: np.ndarray, count: int) -> np.ndarray:
