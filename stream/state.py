@@ -83,13 +83,24 @@ def is_duplicate(state: UserState, purchase: Purchase, limits: Limits) -> Outcom
     key = event_key(purchase.event_id)
     if any(seen == key for seen, _ts in state.recent):
         return Outcome.DUPLICATE
-    if len(state.recent) >= limits.dedupe_ring and purchase.ts < min(
-        ts for _id, ts in state.recent
-    ):
-        # Every id older than the ring has been forgotten: an event from before the
-        # ring's window is most likely a re-delivery of one applied long ago.
+    if len(state.recent) >= limits.dedupe_ring and is_before_ring(state.recent, purchase.ts):
         return Outcome.STALE
     return None
+
+
+def is_before_ring(recent: tuple[tuple[int, float], ...], ts: float) -> bool:
+    """Whether an event at ``ts`` that the full ring does not hold is a re-delivery.
+
+    Every id older than the ring has been forgotten, so an event from before the
+    ring's window is taken for one applied long ago. An event at the ring's oldest
+    time counts as before it too when the ring also holds later times: in time
+    order it would have arrived before them (a replay of a log with many events in
+    one second re-applied those evicted from the ring otherwise). Only when the whole
+    ring shares one time (more than R events of a user in one timestamp) can a
+    re-delivery at that time not be told from a new event; it is applied.
+    """
+    oldest = min(t for _key, t in recent)
+    return ts < oldest or (ts == oldest and max(t for _key, t in recent) > oldest)
 
 
 def apply_purchase(
