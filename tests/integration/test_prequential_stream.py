@@ -95,5 +95,6 @@ def test_topic_prequential_equals_offline(
         deployment.stop_all()
     assert streamed["events_ranked"] > 20
     assert offline["hr@10"] > 0  # something to compare: the model does hit
-    assert streamed["hr@10"] == pytest.approx(offline["hr@10"], rel=1e-9, abs=1e-12)
-    assert streamed["ndcg@10"] == pytest.approx(offline["ndcg@10"], rel=1e-6, abs=1e-9)
+    # Bit for bit: the same ranks in the same order, whatever the worker's batches.
+    assert streamed["hr@10"] == offline["hr@10"]
+    assert streamed["ndcg@10"] == offline["ndcg@10"]
