@@ -144,12 +144,12 @@ def _read_log(command: str, path: str, columns: Sequence[str]) -> EventLog:
         _user_error(command, exc)
 
 
-def _validator(split: Split) -> Validator:
+def _validator(split: Split, progress: bool) -> Validator:
     def validate(
         net: ItemRUM | FeatureRUM, users: Vocab, items: Vocab, popularity: np.ndarray
     ) -> dict[str, float]:
         scorer = Scorer.from_network(net, users, items, popularity)
-        return ev.evaluate_part(scorer, split.valid, split.protocol, (10,))
+        return ev.evaluate_part(scorer, split.valid, split.protocol, (10,), progress=progress)
 
     return validate
 
@@ -194,7 +194,7 @@ def train_main(argv: list[str]) -> int:
         result = train(
             fit,
             cfg,
-            None if args.all else _validator(split),
+            None if args.all else _validator(split, cfg.progress),
             log=lambda line: print(line, file=sys.stderr),
         )
     finally:
@@ -215,6 +215,9 @@ def train_main(argv: list[str]) -> int:
     version = save_artifact(
         args.out, result.net, result.users, result.items, result.popularity, settings, train_metrics
     )
+    popular = {} if args.all else _popular_valid(split, cfg.progress)
+    for line in against_popular(result.best_valid, popular):
+        print(line, file=sys.stderr)
     print(
         json.dumps(
             {
@@ -222,11 +225,35 @@ def train_main(argv: list[str]) -> int:
                 "out": args.out,
                 "best_epoch": result.best_epoch,
                 **{f"valid_{k}": v for k, v in result.best_valid.items()},
+                **{f"valid_popular_{k}": v for k, v in popular.items()},
                 "seconds_per_epoch": train_metrics["seconds_per_epoch"],
             }
         )
     )
     return 0
+
+
+def _popular_valid(split: Split, progress: bool) -> dict[str, float]:
+    """Most-popular (by the fit part) on the validation part the epochs were chosen on."""
+    popular = ev.PopularityRanker(split.fit)
+    return ev.evaluate_part(popular, split.valid, split.protocol, (10,), progress=progress)
+
+
+def against_popular(model: dict[str, float], popular: dict[str, float]) -> list[str]:
+    """The closing lines of ``rum train``: validation figures beside most-popular's, and a
+    warning when the model does not beat it (a model worse than a popularity list)."""
+    if not model or not popular:
+        return []
+    lines = [
+        f"validation: model hr@10 {model['hr@10']:.4f} ndcg@10 {model['ndcg@10']:.4f};"
+        f" most-popular hr@10 {popular['hr@10']:.4f} ndcg@10 {popular['ndcg@10']:.4f}"
+    ]
+    if model["ndcg@10"] <= popular["ndcg@10"]:
+        lines.append(
+            "warning: the model does not beat most-popular on validation ndcg@10;"
+            " train longer (more --epochs) or keep the default loss and negatives"
+        )
+    return lines
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -275,6 +302,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     )
     add_option(parser, "--threads", type=int, default=2, help="torch CPU threads")
     add_flag(parser, "--json", help="print one flat JSON object of metrics")
+    add_flag(parser, "--quiet", help="no progress bar (on stderr)")
     return parser
 
 
@@ -306,7 +334,7 @@ def evaluate_main(argv: list[str]) -> int:
             )
             _user_error("evaluate", msg)
         ranker, label = scorer, ("alpha0" if args.baseline == "alpha0" else scorer.version)
-    results = ev.evaluate_split_test(ranker, split, args.k, args.scoring)
+    results = ev.evaluate_split_test(ranker, split, args.k, args.scoring, not args.quiet)
     flat: dict[str, Any] = {"model": label, "protocol": args.protocol, **results}
     if args.json:
         print(json.dumps(flat, sort_keys=True))

@@ -9,11 +9,13 @@ reproduces its figures.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Collection, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from model import metrics
 from model.data import PAD, EventLog, Vocab
@@ -95,6 +97,19 @@ class PopularityRanker:
         return out
 
 
+def progress_bar(total: int, what: str, progress: bool) -> tqdm[Any]:
+    """A bar on stderr for a long evaluation (``rum evaluate``, each validation pass)."""
+    return tqdm(
+        total=total,
+        desc=f"evaluating {what}",
+        unit=what,
+        disable=not progress,
+        leave=False,
+        file=sys.stderr,
+        mininterval=0.5,
+    )
+
+
 def _masked_logits(ranker: Ranker, cases: Sequence[Case]) -> torch.Tensor:
     """Logits [B, N+1] for cases with each case's history excluded (-inf)."""
     memories = [ranker.memory_from_history(case.history) for case in cases]
@@ -110,10 +125,12 @@ def _masked_logits(ranker: Ranker, cases: Sequence[Case]) -> torch.Tensor:
     return logits
 
 
-def case_ranks(ranker: Ranker, cases: Sequence[Case], batch: int = 256) -> list[float]:
+def case_ranks(
+    ranker: Ranker, cases: Sequence[Case], batch: int = 256, progress: bool = False
+) -> list[float]:
     """Pessimistic rank of each case's single target over all items (inf if unrankable)."""
     ranks: list[float] = []
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(len(cases), "cases", progress) as bar:
         for start in range(0, len(cases), batch):
             chunk = cases[start : start + batch]
             logits = _masked_logits(ranker, chunk)  # [B, N+1]
@@ -121,22 +138,27 @@ def case_ranks(ranker: Ranker, cases: Sequence[Case], batch: int = 256) -> list[
             chunk_ranks = metrics.pessimistic_ranks(logits, targets)  # [B]
             chunk_ranks[targets == PAD] = math.inf  # item never seen in training: a miss
             ranks.extend(chunk_ranks.tolist())
+            bar.update(len(chunk))
     return ranks
 
 
 def evaluate_single(
-    ranker: Ranker, cases: Sequence[Case], ks: Sequence[int] = DEFAULT_KS
+    ranker: Ranker, cases: Sequence[Case], ks: Sequence[int] = DEFAULT_KS, progress: bool = False
 ) -> dict[str, float]:
     """Leave-one-out style metrics (one relevant item per case)."""
-    return metrics.single_target_metrics(case_ranks(ranker, cases), ks)
+    return metrics.single_target_metrics(case_ranks(ranker, cases, progress=progress), ks)
 
 
 def evaluate_sets(
-    ranker: Ranker, cases: Sequence[Case], k: int = PAPER_K, batch: int = 256
+    ranker: Ranker,
+    cases: Sequence[Case],
+    k: int = PAPER_K,
+    batch: int = 256,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Paper protocol: top-k over all items minus training items against the relevant set."""
     rows: list[dict[str, float]] = []
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(len(cases), "cases", progress) as bar:
         for start in range(0, len(cases), batch):
             chunk = cases[start : start + batch]
             logits = _masked_logits(ranker, chunk)
@@ -144,6 +166,7 @@ def evaluate_sets(
             for case, top_row in zip(chunk, top.tolist(), strict=True):
                 names = [ranker.items.raw(i) for i in top_row if i != PAD]
                 rows.append(metrics.set_metrics(names, case.targets, k))
+            bar.update(len(chunk))
     return metrics.mean_metrics(rows)
 
 
@@ -154,6 +177,7 @@ def evaluate_replay(
     mode: Literal["exact", "two-stage"] = "exact",
     candidates: int = 200,
     batch: int = 256,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Test-then-train: rank each scored event with ``score_many`` before writing it.
 
@@ -190,16 +214,18 @@ def evaluate_replay(
         pending.clear()
         pending_users.clear()
 
-    for user, item, is_scored in zip(log.user_ids, log.item_ids, scored, strict=True):
-        if not is_scored:
-            apply(user, item)
-            continue
-        if len(pending) >= batch or user in pending_users:
+    with progress_bar(len(scored), "events", progress) as bar:
+        for user, item, is_scored in zip(log.user_ids, log.item_ids, scored, strict=True):
+            bar.update()
+            if not is_scored:
+                apply(user, item)
+                continue
+            if len(pending) >= batch or user in pending_users:
+                flush()
+            pending.append((user, item))
+            pending_users.add(user)
+        if pending:
             flush()
-        pending.append((user, item))
-        pending_users.add(user)
-    if pending:
-        flush()
     return metrics.topk_metrics(positions, ks)
 
 
@@ -209,13 +235,14 @@ def evaluate_part(
     protocol: str,
     ks: Sequence[int] = DEFAULT_KS,
     mode: Literal["exact", "two-stage"] = "exact",
+    progress: bool = False,
 ) -> dict[str, float]:
     """Metrics of one split part under ``protocol`` (paper test = set metrics at 5)."""
     if isinstance(part, Replay):
-        return evaluate_replay(ranker, part, ks, mode)
+        return evaluate_replay(ranker, part, ks, mode, progress=progress)
     if protocol == "paper" and any(len(c.targets) != 1 for c in part):
-        return evaluate_sets(ranker, part)
-    return evaluate_single(ranker, part, ks)
+        return evaluate_sets(ranker, part, progress=progress)
+    return evaluate_single(ranker, part, ks, progress=progress)
 
 
 def evaluate_split_test(
@@ -223,8 +250,9 @@ def evaluate_split_test(
     split: Split,
     ks: Sequence[int] = DEFAULT_KS,
     mode: Literal["exact", "two-stage"] = "exact",
+    progress: bool = False,
 ) -> dict[str, float]:
     if split.protocol == "paper":
         assert isinstance(split.test, list)
-        return evaluate_sets(ranker, split.test)
-    return evaluate_part(ranker, split.test, split.protocol, ks, mode)
+        return evaluate_sets(ranker, split.test, progress=progress)
+    return evaluate_part(ranker, split.test, split.protocol, ks, mode, progress)

@@ -245,3 +245,43 @@ def test_loss_option_reaches_the_config_and_the_artifact(
     assert load_artifact(tmp_path / "c").settings["loss"] == "bce"  # the paper's, by default
     with pytest.raises(SystemExit):
         train_main([*common, "--out", str(tmp_path / "d"), "--loss", "hinge", "--quiet"])
+
+
+def test_train_ends_with_validation_beside_most_popular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_csv(tmp_path / "log.csv", chain_log())
+    common = ["--data", str(data), "--variant", "item", "--dim", "8", "--quiet"]
+    assert train_main([*common, "--out", str(tmp_path / "m"), "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    line = next(x for x in captured.err.splitlines() if x.startswith("validation: "))
+    assert f"most-popular hr@10 {result['valid_popular_hr@10']:.4f}" in line
+    assert f"model hr@10 {result['valid_hr@10']:.4f}" in line
+    assert 0.0 <= result["valid_popular_ndcg@10"] <= 1.0
+    # --all has no validation part: nothing to compare, no line.
+    assert train_main([*common, "--out", str(tmp_path / "a"), "--epochs", "1", "--all"]) == 0
+    assert "validation: " not in capsys.readouterr().err
+
+
+def test_against_popular_warns_only_when_the_model_does_not_beat_it() -> None:
+    from model.cli import against_popular
+
+    pop = {"hr@10": 0.0156, "ndcg@10": 0.0080}
+    better = against_popular({"hr@10": 0.06, "ndcg@10": 0.035}, pop)
+    worse = against_popular({"hr@10": 0.003, "ndcg@10": 0.0015}, pop)
+    assert len(better) == 1 and "0.0350" in better[0] and "0.0080" in better[0]
+    assert len(worse) == 2 and worse[1].startswith("warning: the model does not beat most-popular")
+    assert against_popular({}, pop) == []
+
+
+def test_evaluate_shows_progress_unless_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_csv(tmp_path / "log.csv", chain_log())
+    argv = ["--data", str(data), "--baseline", "pop", "--json"]
+    assert evaluate_main(argv) == 0
+    shown = capsys.readouterr()
+    assert "evaluating cases" in shown.err and "hr@10" in json.loads(shown.out)
+    assert evaluate_main([*argv, "--quiet"]) == 0
+    assert "evaluating" not in capsys.readouterr().err
