@@ -1,12 +1,19 @@
-"""``rum demo``: the whole product in one command, on a laptop, in about a minute and a half.
+"""``rum demo``: the whole product in one command, on a laptop, in about a minute.
 
 1. a broker: ``RUM_BROKER`` when set, else the embedded Tansu broker (memory only);
-2. a small item-level RUM model trained on the bundled MovieLens latest-small log;
+2. a small item-level RUM model trained, with progress, on the bundled MovieLens
+   latest-small log *minus the events the demo replays* (the stream brings the model
+   events it never saw);
 3. a worker (``rum worker``) in its own process, data directory and web port;
-4. a replay (the same code as ``rum replay``) of the recent history of a few users;
+4. a replay (the same code as ``rum replay``) of the recent history of a few users,
+   among them the two whose tastes differ most (genre profiles of their histories);
 5. the recommendations, read from the output topic as they arrive and printed with
-   titles: the user, their last purchases, the top-k and what each is ``because`` of.
+   titles; then the two users' lists side by side, then one purchase of the first
+   user and their list before and after it, with what it is ``because`` of;
+6. the three commands that do the same with one's own log.
 
+Every list shown is a message the worker published on the recommendations topic
+(and the after-purchase list is checked against ``GET /recommendations``).
 Everything the demo starts is stopped again on the way out, also on Ctrl-C or
 SIGTERM; the run's topics are named per run, and deleted again on a broker the
 demo did not start. The exit status is non-zero when no recommendation came back
@@ -23,6 +30,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +62,16 @@ from stream.replay import (
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "deploy" / "demo-data" / "ml-latest-small"
 TOP_K = 5
+LIVE_K = 3  # items per block while the replay runs
 TITLE_WIDTH = 38
+COLUMN = 46  # width of one column of the side-by-side views
+# A sampled softmax over 20 negatives with the memory at full weight (alpha 1) ranks by
+# what a user bought, not by what everyone bought: the paper's BCE with one negative
+# gives every user much the same popular films after a few epochs (issue 17).
+TRAIN_OPTIONS = (
+    *("--variant", "item", "--dim", "32", "--alpha", "1.0", "--l2", "1e-2", "--lr", "5e-3"),
+    *("--loss", "sampled-softmax", "--negatives", "20"),
+)
 
 
 class DemoError(RuntimeError):
@@ -73,7 +90,7 @@ class Plan:
     answer_timeout_s: float = 90.0
 
 
-FULL = Plan(users=40, events_per_user=30, epochs=3, rate=60.0, shown=8)
+FULL = Plan(users=40, events_per_user=30, epochs=3, rate=150.0, shown=3)
 SHORT = Plan(users=8, events_per_user=8, epochs=1, rate=None, shown=3)
 
 
@@ -90,7 +107,7 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
         parser,
         "--data",
         default=str(DEMO_DATA),
-        help="folder with events.csv (user_id,item_id,timestamp) and items.csv (id,title,...)",
+        help="folder with events.csv (user_id,item_id,timestamp) and items.csv (id,title,genres)",
         env="RUM_DEMO_DATA",
     )
     add_option(
@@ -112,40 +129,126 @@ def add_demo_options(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- data
 
 
-def load_titles(folder: Path) -> dict[str, str]:
-    """item id -> title from ``items.csv`` (first column the id, a ``title`` column)."""
+@dataclass(frozen=True)
+class Catalogue:
+    """Titles and genres of the items, from ``items.csv`` (first column the id)."""
+
+    titles: dict[str, str]
+    genres: dict[str, tuple[str, ...]]
+
+
+def load_catalogue(folder: Path) -> Catalogue:
+    """``items.csv``: the id first, a ``title`` column, optionally a ``genres`` column
+    (``|``-separated as in MovieLens latest, or space-separated as in ml-100k)."""
     path = folder / "items.csv"
     if not path.is_file():
-        return {}
+        return Catalogue({}, {})
+    titles: dict[str, str] = {}
+    genres: dict[str, tuple[str, ...]] = {}
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
         title_at = header.index("title") if "title" in header else 1
-        return {row[0]: row[title_at] for row in reader if len(row) > title_at}
+        genres_at = header.index("genres") if "genres" in header else None
+        for row in reader:
+            if len(row) <= title_at:
+                continue
+            titles[row[0]] = row[title_at]
+            if genres_at is not None and len(row) > genres_at:
+                raw = row[genres_at]
+                genres[row[0]] = tuple(raw.split("|") if "|" in raw else raw.split())
+    return Catalogue(titles, genres)
 
 
-def write_replay_log(events_csv: Path, out: Path, users: int, per_user: int) -> tuple[int, int]:
-    """The last ``per_user`` events of ``users`` users (evenly spread over the user ids).
+@dataclass(frozen=True)
+class Cast:
+    """Who the demo replays: ``pair`` (the two most different tastes) among ``users``."""
 
-    Written as a CSV log in time order; returns (users, events) written.
-    """
-    log = read_log(events_csv)
+    users: list[str]
+    pair: tuple[str, str]
+    replayed: dict[str, list[LogRow]]  # user -> their last events, in time order
+
+
+def _profile(rows: list[LogRow], catalogue: Catalogue) -> Counter[str]:
+    """Genre counts of a user's events (each item its own 'genre' when none are known)."""
+    counts: Counter[str] = Counter()
+    for row in rows:
+        counts.update(catalogue.genres.get(row.item_id) or (f"item:{row.item_id}",))
+    return counts
+
+
+def most_different_pair(profiles: dict[str, Counter[str]]) -> tuple[str, str]:
+    """The two users whose profiles have the lowest cosine similarity (ties: lowest ids)."""
+    import numpy as np
+
+    users = sorted(profiles, key=_id_order)
+    features = sorted({g for counts in profiles.values() for g in counts})
+    column = {g: j for j, g in enumerate(features)}
+    vectors = np.zeros((len(users), len(features)))  # [U, G]
+    for i, user in enumerate(users):
+        for genre, count in profiles[user].items():
+            vectors[i, column[genre]] = count
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similarity = vectors @ vectors.T  # [U, U]
+    similarity[np.tril_indices(len(users))] = np.inf  # each pair once, never a user with itself
+    first, second = np.unravel_index(int(np.argmin(similarity)), similarity.shape)
+    return users[int(first)], users[int(second)]
+
+
+def choose_cast(log_rows: list[LogRow], catalogue: Catalogue, users: int, per_user: int) -> Cast:
+    """The two most different users plus others evenly spread over the user ids."""
     by_user: dict[str, list[LogRow]] = defaultdict(list)
-    for row in log.rows:
+    for row in log_rows:
         by_user[row.user_id].append(row)
     eligible = sorted((u for u, rows in by_user.items() if len(rows) >= per_user), key=_id_order)
-    if not eligible:
-        msg = f"{events_csv}: no user has {per_user} events; lower --events-per-user"
+    if len(eligible) < 2:
+        msg = f"fewer than two users have {per_user} events; lower --events-per-user"
         raise DemoError(msg)
-    step = max(1, len(eligible) // users)
-    chosen = eligible[::step][:users]
-    rows = sorted((r for u in chosen for r in by_user[u][-per_user:]), key=lambda r: r.ts)
-    with out.open("w", encoding="utf-8", newline="") as handle:
+    recent = {u: by_user[u][-per_user:] for u in eligible}
+    pair = most_different_pair({u: _profile(rows, catalogue) for u, rows in recent.items()})
+    others = [u for u in eligible if u not in pair]
+    step = max(1, len(others) // max(1, users - 2))
+    chosen = sorted([*pair, *others[::step][: max(0, users - 2)]], key=_id_order)
+    return Cast(chosen, pair, {u: recent[u] for u in chosen})
+
+
+def write_logs(log_rows: list[LogRow], cast: Cast, train_csv: Path, replay_csv: Path) -> int:
+    """The training log (every event but the replayed ones) and the replay log (time order).
+
+    Returns the number of events replayed.
+    """
+    replayed = {row.event_id for rows in cast.replayed.values() for row in rows}
+    header = ["user_id", "item_id", "timestamp"]
+    with train_csv.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["user_id", "item_id", "timestamp"])
+        writer.writerow(header)
+        for row in log_rows:
+            if row.event_id not in replayed:
+                writer.writerow([row.user_id, row.item_id, _ts_text(row.ts)])
+    rows = sorted((r for rs in cast.replayed.values() for r in rs), key=lambda r: (r.ts, r.line))
+    with replay_csv.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
         for row in rows:
-            writer.writerow([row.user_id, row.item_id, int(row.ts)])
-    return len(chosen), len(rows)
+            writer.writerow([row.user_id, row.item_id, _ts_text(row.ts)])
+    return len(rows)
+
+
+def _ts_text(ts: float) -> str:
+    return str(int(ts)) if ts.is_integer() else repr(ts)
+
+
+def pick_purchase(cast: Cast, other_list: dict[str, Any]) -> str:
+    """What the first user of the pair buys: the first item the worker recommends to the
+    other user that the first has not bought (a film typical of the other taste, and well
+    known to the model; a film bought once in the log would move little)."""
+    first, second = cast.pair
+    owned = {row.item_id for row in cast.replayed[first]}
+    for item in item_ids(other_list):
+        if item not in owned:
+            return item
+    msg = f"every item recommended to user {second} was bought by user {first}"
+    raise DemoError(msg)
 
 
 def _id_order(raw: str) -> tuple[int, str]:
@@ -180,7 +283,55 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def train_model(events_csv: Path, out: Path, epochs: int, log_path: Path) -> str:
+_EPOCH_DONE = re.compile(r"^epoch (\d+): loss (\S+) \((\S+)s\)")
+_EPOCH_BAR = re.compile(r"^epoch (\d+):\s+(\d+)%")
+
+
+@dataclass
+class TrainingProgress:
+    """Turns ``rum train``'s stderr (tqdm bars, epoch lines) into the demo's progress lines.
+
+    On a terminal the current epoch's percentage is redrawn in place; elsewhere (CI, a
+    pipe) only the finished epochs are printed.
+    """
+
+    epochs: int
+    step: Any  # the demo's timestamped printer
+    live: bool = field(default_factory=lambda: sys.stdout.isatty())
+    pending: bytes = b""
+    drawn: bool = False
+
+    def feed(self, chunk: bytes) -> None:
+        self.pending += chunk
+        *pieces, self.pending = re.split(rb"[\r\n]", self.pending)
+        for piece in pieces:
+            self._line(piece.decode(errors="replace").strip())
+
+    def _line(self, text: str) -> None:
+        done = _EPOCH_DONE.match(text)
+        if done:
+            self._clear()
+            epoch, loss, seconds = done.groups()
+            self.step(f"  epoch {epoch}/{self.epochs} done: loss {loss}, {seconds} s")
+            return
+        bar = _EPOCH_BAR.match(text)
+        if bar and self.live:
+            epoch, percent = bar.groups()
+            filled = int(percent) // 5
+            sys.stdout.write(
+                f"\r         epoch {epoch}/{self.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
+                f"{percent:>3}%"
+            )
+            sys.stdout.flush()
+            self.drawn = True
+
+    def _clear(self) -> None:
+        if self.drawn:
+            sys.stdout.write("\r" + " " * 60 + "\r")
+            self.drawn = False
+
+
+def train_model(events_csv: Path, out: Path, epochs: int, workdir: Path, step: Any) -> str:
     """``rum train`` in a child process (its own session: Ctrl-C is ours to pass on)."""
     cmd = [
         sys.executable,
@@ -189,31 +340,38 @@ def train_model(events_csv: Path, out: Path, epochs: int, log_path: Path) -> str
         "train",
         "--data",
         str(events_csv),
-        "--variant",
-        "item",
+        *TRAIN_OPTIONS,
         "--all",
         "--epochs",
         str(epochs),
         "--columns",
         "user_id,item_id,timestamp",
+        # One thread: with two on a two-core machine that is busy with anything else,
+        # torch's worker threads wait on each other and an epoch took 38 s instead of 3 s.
         "--threads",
-        "2",
-        "--quiet",
+        "1",
         "--out",
         str(out),
     ]
-    with log_path.open("wb") as log:
+    log_path, stdout_path = workdir / "train.log", workdir / "train.json"
+    progress = TrainingProgress(epochs, step)
+    with log_path.open("wb") as log, stdout_path.open("wb") as stdout:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, cwd=REPO, start_new_session=True
+            cmd, stdout=stdout, stderr=subprocess.PIPE, cwd=REPO, start_new_session=True
         )
         try:
-            stdout, _ = proc.communicate()
+            assert proc.stderr is not None
+            while chunk := os.read(proc.stderr.fileno(), 4096):
+                log.write(chunk)
+                progress.feed(chunk)
+            proc.wait()
         finally:
+            progress._clear()
             _stop_process(proc, timeout_s=5)
     if proc.returncode != 0:
         msg = f"training failed (exit {proc.returncode}); its log ends:\n{_tail(log_path)}"
         raise DemoError(msg)
-    lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
+    lines = [x for x in stdout_path.read_text().splitlines() if x.startswith("{")]
     version: str = json.loads(lines[-1])["version"] if lines else "?"
     return version
 
@@ -248,12 +406,14 @@ def wait_for_worker(
 class Board:
     """What was sent and what came back; prints recommendation blocks."""
 
-    titles: dict[str, str]
+    catalogue: Catalogue
     sent_by_user: dict[str, list[tuple[str, str]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # user -> [(event_id, item_id)] in send order
     sent_at: dict[str, float] = field(default_factory=dict)  # event_id -> monotonic time
     answered: set[str] = field(default_factory=set)
+    answer_of: dict[str, dict[str, Any]] = field(default_factory=dict)  # event_id -> message
+    latest_by_user: dict[str, dict[str, Any]] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     messages: int = 0
     users_answered: set[str] = field(default_factory=set)
@@ -267,15 +427,18 @@ class Board:
     def receive(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
         self.messages += 1
-        self.users_answered.add(str(message.get("user_id")))
+        user = str(message.get("user_id"))
+        self.users_answered.add(user)
+        self.latest_by_user[user] = message
         for event_id in message.get("event_ids", []):
+            self.answer_of[event_id] = message
             if event_id in self.sent_at and event_id not in self.answered:
                 self.answered.add(event_id)
                 self.latencies_ms.append((now - self.sent_at[event_id]) * 1000)
 
-    def title(self, item_id: str) -> str:
-        text = self.titles.get(item_id, f"item {item_id}")
-        return text if len(text) <= TITLE_WIDTH else text[: TITLE_WIDTH - 1] + "…"
+    def title(self, item_id: str, width: int = TITLE_WIDTH) -> str:
+        text = self.catalogue.titles.get(item_id, f"item {item_id}")
+        return text if len(text) <= width else text[: width - 1] + "…"
 
     def block(self, message: dict[str, Any]) -> str:
         user = str(message["user_id"])
@@ -289,7 +452,7 @@ class Board:
             f"── user {user} · {upto} purchases replayed · model {message.get('model_version')}",
             f"   last purchases: {recent}",
         ]
-        for rank, item in enumerate(message.get("items", [])[:TOP_K], start=1):
+        for rank, item in enumerate(message.get("items", [])[:LIVE_K], start=1):
             because = ", ".join(
                 f"{self.title(str(r['item_id']))} {float(r['weight']):.2f}"
                 for r in item.get("because", [])[:2]
@@ -302,6 +465,20 @@ class Board:
         self.shown += 1
         return "\n".join(lines)
 
+    def column(self, message: dict[str, Any]) -> list[str]:
+        """A recommendation message as a column: per item its title, then its top reason."""
+        lines: list[str] = []
+        for rank, item in enumerate(message.get("items", [])[:TOP_K], start=1):
+            lines.append(f"{rank}. {self.title(str(item['item_id']), COLUMN - 4)}")
+            reasons = item.get("because", [])
+            if reasons:
+                top = reasons[0]
+                name = self.title(str(top["item_id"]), COLUMN - 18)
+                lines.append(f"   because {name} {float(top['weight']):.2f}")
+            else:
+                lines.append("   (popular)")
+        return lines
+
     def latency_line(self) -> str:
         if not self.latencies_ms:
             return "no event was answered"
@@ -309,6 +486,24 @@ class Board:
         p50 = ordered[len(ordered) // 2]
         p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
         return f"event → recommendation latency p50 {p50:.0f} ms, p95 {p95:.0f} ms"
+
+
+def side_by_side(left: list[str], right: list[str]) -> str:
+    """Two columns, the left one padded to :data:`COLUMN` characters."""
+    rows = max(len(left), len(right))
+    left = left + [""] * (rows - len(left))
+    right = right + [""] * (rows - len(right))
+    return "\n".join(f"   {a:<{COLUMN}}  {b}".rstrip() for a, b in zip(left, right, strict=True))
+
+
+def taste(rows: list[LogRow], catalogue: Catalogue) -> str:
+    """A user's three commonest genres in the replayed events ("Horror 28, Thriller 17")."""
+    counts = Counter(g for row in rows for g in catalogue.genres.get(row.item_id, ()))
+    return ", ".join(f"{g} {n}" for g, n in counts.most_common(3)) or "no genres known"
+
+
+def item_ids(message: dict[str, Any]) -> list[str]:
+    return [str(item["item_id"]) for item in message.get("items", [])]
 
 
 def _consumer(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Any:
@@ -389,6 +584,16 @@ def _delete_topics(bootstrap: str, prefix: str) -> None:
             admin.close()
 
 
+WHAT_NEXT = """\
+Next: the same with your own log (a CSV with user_id,item_id,timestamp columns; name
+other columns with --columns user,item,time; every option also reads RUM_<COMMAND>_<OPTION>).
+With a broker on 127.0.0.1:9092 (`rum kafka start`, or export RUM_BROKER=kafka://host:port):
+  rum train --data my-events.csv --all --out models/first
+  RUM_MODEL_DIR=models rum worker          # in a second terminal; HTTP on 127.0.0.1:6066
+  rum replay my-events.csv --speed max     # recommendations arrive on the topic `recommendations`\
+"""
+
+
 def demo_main(args: argparse.Namespace) -> int:
     base = SHORT if args.short else FULL
     plan = Plan(
@@ -424,7 +629,57 @@ def demo_main(args: argparse.Namespace) -> int:
         missing = len(board.sent_at) - len(board.answered)
         print(f"rum demo: {missing} replayed events were never answered", file=sys.stderr)
         return 1
+    _say("")
+    _say(WHAT_NEXT)
     return 0
+
+
+def _start_broker(args: argparse.Namespace, started: Started, step: Any) -> str:
+    if args.broker:
+        bootstrap = kafka_bootstrap(args.broker)
+        started.external_bootstrap = bootstrap
+        step(f"using the broker at {bootstrap} (RUM_BROKER)")
+        return bootstrap
+    from deploy.kafka import harness
+
+    started.broker_dir = started.workdir / "broker"
+    try:
+        info = harness.start(started.broker_dir, embedded=True, timeout_s=60)
+    except harness.KafkaHarnessError as exc:
+        raise DemoError(f"the embedded broker did not start: {exc}") from exc
+    step(f"embedded broker ({info.version}, memory only, pid {info.pid}) on {info.bootstrap}")
+    return info.bootstrap
+
+
+def _start_worker(started: Started, bootstrap: str, topics: dict[str, str], port: int) -> None:
+    workdir = started.workdir
+    env = {
+        **os.environ,
+        **topics,
+        "RUM_BROKER": f"kafka://{bootstrap}",
+        "RUM_APP_ID": started.topics_prefix,
+        "RUM_MODEL_DIR": str(workdir / "model"),
+        "RUM_DATA_DIR": str(workdir / "worker"),
+        "RUM_WEB_PORT": str(port),
+        "RUM_WEB_HOST": "127.0.0.1",
+        "RUM_PARTITIONS": "2",
+        "RUM_TOPK": str(TOP_K),
+        "RUM_EMIT": "user",
+        "RUM_LOG_LEVEL": "warning",
+        # The embedded broker answers a group join only after half the session
+        # timeout: 5 s with this one.
+        "RUM_SESSION_TIMEOUT_S": "10",
+    }
+    with (workdir / "worker.log").open("wb") as log:
+        started.worker = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _run(args: argparse.Namespace, plan: Plan, started: Started, begun: float) -> Board:
@@ -444,77 +699,44 @@ def _run(args: argparse.Namespace, plan: Plan, started: Started, begun: float) -
         "RUM stream demo: a broker, a model trained on MovieLens, a worker, a replay, and "
         "the recommendations as they arrive (Ctrl-C stops everything)"
     )
-    # 1. broker
-    if args.broker:
-        bootstrap = kafka_bootstrap(args.broker)
-        started.external_bootstrap = bootstrap
-        step(f"using the broker at {bootstrap} (RUM_BROKER)")
-    else:
-        from deploy.kafka import harness
+    bootstrap = _start_broker(args, started, step)
 
-        started.broker_dir = workdir / "broker"
-        try:
-            info = harness.start(started.broker_dir, embedded=True, timeout_s=60)
-        except harness.KafkaHarnessError as exc:
-            raise DemoError(f"the embedded broker did not start: {exc}") from exc
-        bootstrap = info.bootstrap
-        step(f"embedded broker ({info.version}, memory only, pid {info.pid}) on {bootstrap}")
-
-    # 2. model
-    step(f"training item-level RUM on {events_csv} ({plan.epochs} epoch(s), all events) …")
-    version = train_model(events_csv, workdir / "model", plan.epochs, workdir / "train.log")
+    # The cast: the two most different tastes among the replayed users; the model
+    # never sees the events the demo replays.
+    catalogue = load_catalogue(data)
+    log_rows = read_log(events_csv).rows
+    cast = choose_cast(log_rows, catalogue, plan.users, plan.events_per_user)
+    train_csv, replay_csv = workdir / "train-events.csv", workdir / "demo-events.csv"
+    events = write_logs(log_rows, cast, train_csv, replay_csv)
+    step(
+        f"training item-level RUM on {events_csv}: {len(log_rows) - events} events "
+        f"(the {events} the demo replays held out), {plan.epochs} epoch(s) …"
+    )
+    version = train_model(train_csv, workdir / "model", plan.epochs, workdir, step)
     step(f"model {version} ready")
 
-    # 3. worker
     port = _free_port()
     topics = {
         "RUM_TOPIC_PURCHASES": f"{started.topics_prefix}.purchases",
         "RUM_TOPIC_RECOMMENDATIONS": f"{started.topics_prefix}.recommendations",
         "RUM_TOPIC_DLQ": f"{started.topics_prefix}.purchases.dlq",
     }
-    env = {
-        **os.environ,
-        **topics,
-        "RUM_BROKER": f"kafka://{bootstrap}",
-        "RUM_APP_ID": started.topics_prefix,
-        "RUM_MODEL_DIR": str(workdir / "model"),
-        "RUM_DATA_DIR": str(workdir / "worker"),
-        "RUM_WEB_PORT": str(port),
-        "RUM_WEB_HOST": "127.0.0.1",
-        "RUM_PARTITIONS": "2",
-        "RUM_TOPK": str(TOP_K),
-        "RUM_EMIT": "user",
-        "RUM_LOG_LEVEL": "warning",
-        # The embedded broker answers a group join only after half the session
-        # timeout: 5 s with this one.
-        "RUM_SESSION_TIMEOUT_S": "10",
-    }
-    worker_log = workdir / "worker.log"
-    with worker_log.open("wb") as log:
-        started.worker = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    _start_worker(started, bootstrap, topics, port)
+    assert started.worker is not None
     step(
         f"worker started (pid {started.worker.pid}, http://127.0.0.1:{port}); waiting until ready …"
     )
-    wait_for_worker(started.worker, port, worker_log, timeout_s=120)
+    wait_for_worker(started.worker, port, workdir / "worker.log", timeout_s=120)
     step("worker ready")
 
-    # 4. replay, on a thread; 5. show what comes back, on this one
-    replay_csv = workdir / "demo-events.csv"
-    users, events = write_replay_log(events_csv, replay_csv, plan.users, plan.events_per_user)
+    # Replay on a thread; show what comes back on this one.
     replay_log = read_log(replay_csv)
-    board = Board(titles=load_titles(data))
+    board = Board(catalogue=catalogue)
     started.consumer = _consumer(bootstrap, topics["RUM_TOPIC_RECOMMENDATIONS"])
     pace = f"{plan.rate:.0f} events/s" if plan.rate else "full speed"
     step(
-        f"replaying {events} events of {users} users into {topics['RUM_TOPIC_PURCHASES']} ({pace})"
+        f"replaying {events} events of {len(cast.users)} users into "
+        f"{topics['RUM_TOPIC_PURCHASES']} ({pace})"
     )
     outcome: list[ReplaySummary | BaseException] = []
 
@@ -550,7 +772,122 @@ def _run(args: argparse.Namespace, plan: Plan, started: Started, begun: float) -
         f"{len(board.answered)}/{len(board.sent_at)} replayed events answered; "
         f"{board.latency_line()}"
     )
+    show_pair(board, cast, topics["RUM_TOPIC_RECOMMENDATIONS"])
+    item = pick_purchase(cast, _latest(board, cast.pair[1]))
+    before, after = purchase(board, cast, item, bootstrap, topics, started, step)
+    show_purchase(board, cast, item, before, after, port)
     return board
+
+
+def _latest(board: Board, user: str) -> dict[str, Any]:
+    message = board.latest_by_user.get(user)
+    if message is None:
+        msg = f"no recommendation arrived for user {user}; see the worker log"
+        raise DemoError(msg)
+    return message
+
+
+def show_pair(board: Board, cast: Cast, topic: str) -> None:
+    """The two most different users' latest published lists, side by side."""
+    first, second = cast.pair
+    left, right = _latest(board, first), _latest(board, second)
+    _say(f"── two users with different tastes: their lists as published on {topic}")
+    heads = [
+        [
+            f"user {user} · {taste(cast.replayed[user], board.catalogue)}",
+            f"last bought: {board.title(cast.replayed[user][-1].item_id, COLUMN - 13)}",
+        ]
+        for user in cast.pair
+    ]
+    _say(side_by_side(heads[0] + board.column(left), heads[1] + board.column(right)))
+    common = set(item_ids(left)) & set(item_ids(right))
+    _say(f"   {len(common)} of {TOP_K} items in common")
+
+
+def purchase(
+    board: Board,
+    cast: Cast,
+    item: str,
+    bootstrap: str,
+    topics: dict[str, str],
+    started: Started,
+    step: Any,
+    timeout_s: float = 60.0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Send one purchase of the pair's first user; return their list before and after it."""
+    user = cast.pair[0]
+    before = _latest(board, user)
+    row = LogRow(0, user, item, float(int(time.time())), f"{started.topics_prefix}:purchase")
+    step(f"user {user} buys {board.title(item)}, the first recommendation of user {cast.pair[1]} …")
+    producer = make_producer(bootstrap)
+    try:
+        send_rows(
+            producer, topics["RUM_TOPIC_PURCHASES"], [row], progress=False, on_sent=board.on_sent
+        )
+    finally:
+        producer.close(timeout=5)
+    deadline = time.monotonic() + timeout_s
+    assert started.worker is not None
+    for message in _messages(started.consumer):
+        if message is not None:
+            board.receive(message)
+        if row.event_id in board.answer_of:
+            return before, board.answer_of[row.event_id]
+        if started.worker.poll() is not None:
+            msg = f"the worker exited with code {started.worker.returncode}"
+            raise DemoError(msg)
+        if time.monotonic() > deadline:
+            msg = f"no recommendation answered the purchase within {timeout_s:.0f} s"
+            raise DemoError(msg)
+    raise AssertionError("unreachable: _messages never ends")
+
+
+def show_purchase(
+    board: Board,
+    cast: Cast,
+    item: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    port: int,
+) -> None:
+    """The user's list before and after the purchase, and the HTTP answer for comparison."""
+    user = cast.pair[0]
+    latency = board.latencies_ms[-1] if board.latencies_ms else float("nan")
+    _say(
+        f"── user {user} before and after buying {board.title(item)} (answered in {latency:.0f} ms)"
+    )
+    heads = (
+        [f"before · model {before.get('model_version')}"],
+        [f"after · model {after.get('model_version')}"],
+    )
+    _say(side_by_side(heads[0] + board.column(before), heads[1] + board.column(after)))
+    new = [i for i in item_ids(after) if i not in item_ids(before)]
+    led = sum(
+        1
+        for entry in after.get("items", [])
+        if entry.get("because") and str(entry["because"][0]["item_id"]) == item
+    )
+    _say(
+        f"   {len(new)} of {TOP_K} items are new; {board.title(item)} is the first reason "
+        f"for {led} of {TOP_K}"
+    )
+    path = f"/recommendations/{user}?k={TOP_K}"
+    answer = _http_json(port, path)
+    if answer is None:
+        _say(f"   GET {path} did not answer")
+    elif item_ids(answer) == item_ids(after):
+        _say(f"   GET http://127.0.0.1:{port}{path} answers the same {TOP_K} items")
+    else:
+        _say(f"   GET {path} answers {', '.join(board.title(i) for i in item_ids(answer))}")
+
+
+def _http_json(port: int, path: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def _watch(board: Board, plan: Plan, started: Started, step: Any) -> None:
