@@ -124,11 +124,33 @@ def check_scorer(scorer: Scorer, expected_version: str | None = None) -> None:
 
 
 def load_announced(announcement: Announcement, model_dir: str = "") -> Scorer:
-    """Load and check the artifact of an announcement; ``ArtifactError`` says why not."""
+    """Load and check the artifact of an announcement; ``ArtifactError`` says why not.
+
+    The announcement's ``file://`` path must be readable on this host (a filesystem
+    shared with the trainer, or a store of the same names under ``RUM_MODEL_DIR``), and
+    the weights must hash to the announced version: a copy cut short or altered is refused.
+    """
+    from model.artifact import load_artifact, weights_version
     from model.serving import Scorer
 
     path = artifact_path(announcement.uri, model_dir)
-    scorer = Scorer.load(path)
+    if not path.exists():
+        also = f" nor {Path(model_dir) / path.name}" if model_dir else ""
+        msg = (
+            f"announced artifact {announcement.uri} is not on this host ({path}{also} does "
+            "not exist): workers read the trainer's model store, so it must be on a shared "
+            "filesystem at the same path, or hold the same names under RUM_MODEL_DIR"
+        )
+        raise ArtifactError(msg)
+    art = load_artifact(path)
+    digest = weights_version(art.config.variant, art.weights)
+    if digest != art.version:
+        msg = (
+            f"{path}: the weights hash to {digest}, they do not hash to {art.version}; "
+            "the artifact was altered or copied incompletely"
+        )
+        raise ArtifactError(msg)
+    scorer = Scorer(art.config, art.version, art.users, art.items, art.weights, art.popularity)
     check_scorer(scorer, announcement.version)
     return scorer
 
