@@ -458,10 +458,9 @@ class Board:
                 for r in item.get("because", [])[:2]
             )
             reason = f"  ← because {because}" if because else "  (popular)"
-            lines.append(
-                f"   {rank}. {self.title(str(item['item_id'])):<{TITLE_WIDTH}} "
-                f"{float(item['score']):6.2f}{reason}"
-            )
+            # No score column: a sampled-softmax model's sigmoid scores sit near 1.00 for
+            # every top item; the order and the reasons say what the list rests on.
+            lines.append(f"   {rank}. {self.title(str(item['item_id'])):<{TITLE_WIDTH}}{reason}")
         self.shown += 1
         return "\n".join(lines)
 
@@ -588,7 +587,8 @@ WHAT_NEXT = """\
 Next: the same with your own log (a CSV with user_id,item_id,timestamp columns; name
 other columns with --columns user,item,time; every option also reads RUM_<COMMAND>_<OPTION>).
 With a broker on 127.0.0.1:9092 (`rum kafka start`, or export RUM_BROKER=kafka://host:port):
-  rum train --data my-events.csv --all --out models/first
+  rum train --data my-events.csv --all --variant item --loss sampled-softmax --negatives 20 \\
+    --alpha 1 --l2 1e-2 --lr 5e-3 --dim 32 --epochs 7 --threads 1 --out models/first
   RUM_MODEL_DIR=models rum worker          # in a second terminal; HTTP on 127.0.0.1:6066
   rum replay my-events.csv --speed max     # recommendations arrive on the topic `recommendations`\
 """

@@ -91,7 +91,10 @@ def _assert_personal_lists(output: str) -> None:
 def _assert_ends_with_what_next(output: str) -> None:
     """The last three lines are the commands to do the same with one's own log, and each
     option they use is one the command has."""
-    commands = [line.split("#", 1)[0].strip() for line in output.rstrip().splitlines()[-3:]]
+    ending = output.rstrip().rsplit("(`rum kafka start`", 1)[1].split("\n", 1)[1]
+    lines = ending.replace("\\\n", " ").splitlines()  # a long command goes on with a backslash
+    commands = [" ".join(line.split("#", 1)[0].split()) for line in lines]
+    assert len(commands) == 3, lines
     assert commands[0].startswith("rum train --data "), commands
     assert commands[1].endswith("rum worker"), commands
     assert commands[2].startswith("rum replay "), commands
