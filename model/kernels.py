@@ -153,28 +153,6 @@ def feature_write(
     return memory * (1.0 - gate * erase[:, None, :]) + gate * add[:, None, :]
 
 
-def purchase_contributions(
-    z: np.ndarray, erase: np.ndarray, add: np.ndarray, cand_z: np.ndarray, cand_q: np.ndarray
-) -> np.ndarray:
-    """Each purchase's part of the memory term of each candidate's logit: [T, C].
-
-    Unrolling the WRITE over purchases t = 1..T (z [T, K], erase [T, D], add [T, D]),
-    slot k holds m_k = m_k⁰ ⊙ Π_t (1 − z_tk e_t) + Σ_t z_tk a_t ⊙ Π_{s>t} (1 − z_sk e_s):
-    a sum of one term per purchase, each decayed by the erases after it. The READ of
-    candidate c (cand_z [C, K], cand_q [C, D]) is linear in the slots, so purchase t's
-    part of Σ_k z_ck (m_k · q_c) is exact; the parts and the m⁰ term sum to it.
-    """
-    kept = 1.0 - z[:, :, None] * erase[:, None, :]  # [T, K, D]
-    after = np.empty_like(kept)  # Π_{s>t} kept_s; a loop over T beats np.cumprod's
-    running = np.ones_like(kept[0])  # strided axis-0 accumulate about eightfold here
-    for t in range(len(kept) - 1, -1, -1):
-        after[t] = running
-        running = running * kept[t]
-    written = z[:, :, None] * add[:, None, :] * after  # [T, K, D]
-    read = cand_z[:, :, None] * cand_q[:, None, :]  # [C, K, D]
-    return written.reshape(len(z), -1) @ read.reshape(len(cand_z), -1).T
-
-
 def feature_logits(
     p: torch.Tensor, cand_q: torch.Tensor, cand_z: torch.Tensor, memory: torch.Tensor, alpha: float
 ) -> torch.Tensor:

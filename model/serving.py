@@ -66,8 +66,7 @@ class Recommendation:
     because: tuple[Reason, ...]
 
 
-FEATURE_REASONS = 3  # purchases (or slots) shown per feature-level recommendation
-ATTRIBUTED_PURCHASES = 20  # feature-level: the latest known purchases a score is traced to
+FEATURE_REASONS = 3  # slots shown per feature-level recommendation
 _HEADER = struct.Struct("<4sIHH")  # magic, writes, K, D
 _MAGIC = b"RUMf"
 
@@ -351,14 +350,11 @@ class Scorer:
         k: int,
         mode: Literal["exact", "two-stage"] = "exact",
         candidates: int = 200,
-        histories: Sequence[Sequence[str]] | None = None,
     ) -> list[list[Recommendation]]:
         """Top-k recommendations for each user, never an item of ``exclude[u]``.
 
         An unknown user gets p*_u = 0; an unknown user with an empty memory gets
-        the most popular items (``because`` empty). With ``histories`` (each user's
-        purchases, oldest first), a feature-level ``because`` names the purchases
-        that the score rests on; without, the item's strongest memory slots.
+        the most popular items (``because`` empty).
         """
         batch = len(user_ids)
         if not (len(memories) == len(exclude) == batch):
@@ -395,7 +391,7 @@ class Scorer:
             else:
                 msg = f"unknown scoring mode {mode!r}; expected 'exact' or 'two-stage'"
                 raise ValueError(msg)
-            reasons = self._reasons(memories, torch.from_numpy(top_index), histories)
+            reasons = self._reasons(memories, torch.from_numpy(top_index))
         top_scores = _sigmoid_np(top_logits)  # [B, k] float64
         out: list[list[Recommendation]] = []
         raw = self.items.raw
@@ -416,17 +412,9 @@ class Scorer:
         return out
 
     def _reasons(
-        self,
-        memories: Sequence[Memory],
-        top_index: torch.Tensor,
-        histories: Sequence[Sequence[str]] | None = None,
+        self, memories: Sequence[Memory], top_index: torch.Tensor
     ) -> list[list[tuple[Reason, ...]]]:
         """Explanations for recommended rows top_index [B, k]."""
-        if self.variant == "feature" and histories is not None:
-            return [
-                self._purchase_reasons(history, row)
-                for history, row in zip(histories, top_index.numpy(), strict=True)
-            ]
         if self.variant == "feature":
             return [[self._slot_reasons(i) for i in row] for row in top_index.tolist()]
         window = self._item_window(memories)  # [B, K]
@@ -444,44 +432,6 @@ class Scorer:
                 per_item.append(tuple(Reason(i, w) for i, w in pairs))
             out.append(per_item)
         return out
-
-    def _purchase_reasons(
-        self, history: Sequence[str], top: np.ndarray
-    ) -> list[tuple[Reason, ...]]:
-        """Feature-level: the purchases with the largest part in each item's score.
-
-        A purchase's part is what its WRITE left in the slots (decayed by the later
-        erases), read with the item's slot weights (kernels.purchase_contributions);
-        a purchase bought twice adds up. Weights are each purchase's share of the
-        absolute parts of the latest ``ATTRIBUTED_PURCHASES`` known purchases.
-        """
-        index = self.items.indices(list(history))
-        index = index[index != PAD][-ATTRIBUTED_PURCHASES:]  # [T]
-        if len(index) == 0:
-            return [() for _ in top]
-        parts = kernels.purchase_contributions(
-            self._z_np[index],
-            self._erase_np[index],
-            self._add_np[index],
-            self._z_np[top],
-            self._q_np[top],
-        )  # [T, k]
-        # Parts summed per distinct item, items in id order so that a stable sort
-        # breaks equal parts by item id.
-        bought, slot_of = np.unique(index, return_inverse=True)  # [P], [T]
-        by_id = np.argsort(self._id_rank[bought], kind="stable")  # [P]
-        bought = bought[by_id]
-        onehot = slot_of[None, :] == by_id[:, None]  # [P, T]
-        per_item = onehot.astype(parts.dtype) @ parts  # [P, k]
-        total = np.abs(parts).sum(axis=0)  # [k]
-        total[total == 0] = 1.0
-        order = np.argsort(-per_item, axis=0, kind="stable")[:FEATURE_REASONS]  # [R, k]
-        shares = (np.take_along_axis(per_item, order, axis=0) / total).T.tolist()  # [k, R]
-        names = [self.items.raw(int(i)) for i in bought]
-        return [
-            tuple(Reason(names[r], w) for r, w in zip(rows, row_shares, strict=True))
-            for rows, row_shares in zip(order.T.tolist(), shares, strict=True)
-        ]
 
     def _slot_reasons(self, index: int) -> tuple[Reason, ...]:
         """Feature-level: the item's strongest slots z_ik; they depend on the item only (cached)."""

@@ -744,8 +744,7 @@ def create_app(settings: Settings, scorer: Scorer, store: str = "rocksdb://") ->
                 state = refresh(state, scorer)
             memory = state.memory if state is not None else scorer.empty_memory()
             seen = frozenset(state.history) if state and settings.exclude_seen else frozenset()
-            history = state.history if state is not None else ()
-            ranked = recommend_many(scorer, [user_id], [memory], [seen], k, settings, [history])
+            ranked = recommend_many(scorer, [user_id], [memory], [seen], k, settings)
             return state, ranked
 
         loop = asyncio.get_running_loop()

@@ -895,9 +895,9 @@ def _sample_memories(scorer: Any, events: Sequence[Event], users: int, seed: int
     chosen = sorted(histories)
     random.Random(seed).shuffle(chosen)
     chosen = chosen[:users]
-    kept = [tuple(histories[u][-50:]) for u in chosen]  # the worker's H = 50
-    memories = [scorer.memory_from_history(history) for history in kept]
-    return chosen, memories, [frozenset(history) for history in kept], kept
+    memories = [scorer.memory_from_history(histories[u][-50:]) for u in chosen]
+    excludes = [frozenset(histories[u][-50:]) for u in chosen]
+    return chosen, memories, excludes
 
 
 def bench_scoring(args: argparse.Namespace) -> Figures:
@@ -910,7 +910,7 @@ def bench_scoring(args: argparse.Namespace) -> Figures:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     sample = args.users or (256 if args.quick else 4096)
-    users, memories, excludes, histories = _sample_memories(scorer, workload.events, sample, 0)
+    users, memories, excludes = _sample_memories(scorer, workload.events, sample, 0)
     batch = min(args.batch, len(users))
 
     def rate(mode: Literal["exact", "two-stage"]) -> tuple[float, list[list[Any]]]:
@@ -920,12 +920,7 @@ def bench_scoring(args: argparse.Namespace) -> Figures:
             end = start + batch
             out.extend(
                 scorer.score_many(
-                    users[start:end],
-                    memories[start:end],
-                    excludes[start:end],
-                    10,
-                    mode=mode,
-                    histories=histories[start:end],  # ``because`` as the worker builds it
+                    users[start:end], memories[start:end], excludes[start:end], 10, mode=mode
                 )
             )
         return len(users) / (time.perf_counter() - began), out

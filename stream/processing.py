@@ -44,7 +44,6 @@ class ScoreRequest:
     event_ids: tuple[str, ...]
     event_ts: float
     record_ts_ms: tuple[int, ...]  # Kafka timestamps of the covered events (lag metric)
-    history: tuple[str, ...] = ()  # the user's purchases, oldest first (for ``because``)
 
 
 @dataclass
@@ -122,7 +121,6 @@ def _request(
         event_ids=tuple(p.event_id for p in purchases),
         event_ts=max(p.ts for p in purchases),
         record_ts_ms=tuple(ts or 0 for ts in record_ts_ms),
-        history=state.history,
     )
 
 
@@ -145,7 +143,6 @@ def recommend_many(
     excludes: Sequence[frozenset[str]],
     k: int,
     settings: Settings,
-    histories: Sequence[Sequence[str]] | None = None,
 ) -> list[list[Recommendation]]:
     if not user_ids:
         return []
@@ -156,7 +153,6 @@ def recommend_many(
         k,
         mode=scoring_mode(scorer, settings),
         candidates=settings.candidates,
-        histories=histories,
     )
 
 
@@ -185,7 +181,6 @@ def score_requests(
         [r.exclude for r in requests],
         settings.k,
         settings,
-        [r.history for r in requests],
     )
     generated_at = time.time()
     return [
